@@ -18,7 +18,13 @@ from prost_lightning.agents import (
     build_system,
     system_roles,
 )
-from prost_lightning.agents.parsing import extract_code, is_execution_error, is_finish, truncate
+from prost_lightning.agents.parsing import (
+    code_block_end,
+    extract_code,
+    is_execution_error,
+    is_finish,
+    truncate,
+)
 from prost_lightning.env.tasks import PlanStep, TaskInfo
 from prost_lightning.errors import ConfigError
 
@@ -29,6 +35,38 @@ TASK = TaskInfo(
     plan=[PlanStep("Log in to simple_note.", 'simple_note_token = login("simple_note")'),
           PlanStep("Complete the task.", "apis.supervisor.complete_task(answer=2)")],
 )
+
+
+def test_code_block_end_marks_the_close_of_the_first_block():
+    reply = "Think.\n```python\nx = 1\n```\nThen more prose\n```python\ny = 2\n```"
+    end = code_block_end(reply)
+    assert reply[:end] == "Think.\n```python\nx = 1\n```"
+    assert extract_code(reply[:end]) == extract_code(reply)  # cutting there changes nothing read
+    assert code_block_end("Opened only\n```python\nx = [1,") is None
+    assert code_block_end("Done: logged in.") is None
+
+
+def test_code_turn_criterion_stops_only_its_own_rows_just_after_the_fence():
+    import torch
+
+    from prost_lightning.agents.hf_policy import _CodeBlockClosed
+    from prost_lightning.backbone import load_tokenizer
+
+    tok = load_tokenizer("tiny")
+    text = "Plan.\n```python\nx = 1\n```\nand then a lot more text"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    prompt = [7, 8, 9]
+    criterion = _CodeBlockClosed(tok, len(prompt), [True, False])
+    stopped_at = None
+    for n in range(1, len(ids) + 1):
+        row = torch.tensor([prompt + ids[:n]] * 2)
+        done = criterion(row, None)
+        assert not done[1]  # the row that is not a code turn never stops here
+        if done[0] and stopped_at is None:
+            stopped_at = n
+    assert stopped_at is not None and criterion.length == {0: stopped_at}
+    assert tok.decode(ids[:stopped_at]).rstrip().endswith("```")
+    assert "```" not in tok.decode(ids[:stopped_at - 1]).split("x = 1")[-1]  # not one token earlier
 
 
 def test_extract_code_variants():

@@ -39,3 +39,20 @@ def test_smollm2_trains_two_steps_and_exports_its_adapters(tmp_path):
     assert 0 < loss < 10
     (version,) = tmp_path.glob("lightning_logs/version_*")
     assert (version / "adapters" / "executor" / "adapter_config.json").exists()
+
+
+def test_a_code_turn_ends_at_the_close_of_its_code_block():
+    from prost_lightning.agents import GenerationRequest
+    from prost_lightning.agents.hf_policy import HFPolicy
+    from prost_lightning.backbone import load_base_model
+
+    tok = load_tokenizer("smollm2")
+    policy = HFPolicy(load_base_model("smollm2"), tok)
+    chat = [{"role": "user", "content": "Write a Python function that adds two numbers, in a ```python block, "
+                                        "then explain it in detail."}]
+    free, code_turn = policy.generate([GenerationRequest("executor", chat, 200),
+                                       GenerationRequest("executor", chat, 200, stop_after_code=True)])
+    end = free.text.index("```", free.text.index("```python") + 3) + 3  # the real model writes the block
+    assert code_turn.text == free.text[:end]  # same greedy tokens, cut at the fence
+    assert code_turn.finish_reason == "stop"
+    assert code_turn.completion_tokens < free.completion_tokens

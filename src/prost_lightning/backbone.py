@@ -40,6 +40,22 @@ class ModelNotFoundError(ProstError, FileNotFoundError):
     """A model name that resolves to nothing; the message says how to get it."""
 
 
+def fast_bf16(device: str = "cpu") -> bool:
+    """True where bf16 compute is faster than fp32: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX.
+
+    On other CPUs bf16 is emulated and far slower (measured: notes/stack.md and the first
+    session's machine), so callers pick ``float32`` / ``32-true`` there.
+    """
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    except OSError:  # not Linux: no cheap way to tell, stay on the safe side
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def models_dir() -> Path:
     return Path(os.environ.get("PROST_MODELS_DIR", "models"))
 

@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from prost_lightning.backbone import fast_bf16
 from prost_lightning.errors import ConfigError
 
 
@@ -42,12 +43,25 @@ def _held_out_tasks(root: Path, split: str, scenarios: int | None) -> list[str]:
 
 
 def _train_tasks(root: Path, variants: int | None) -> list[str]:
+    """``variants`` tasks of each train scenario (None = all), rotating which ones across scenarios.
+
+    A family's instruction phrasing depends on the variant number, so taking variant 1 of every
+    scenario would train one phrasing per family; rotating (scenario i takes variants i, i+1, ...
+    mod 3) trains every phrasing of every family that has enough scenarios, at the same cost.
+    """
     from prost_lightning.env.tasks import load_task_ids
 
     ids = load_task_ids(root, "train")
     if variants is None:
         return ids
-    return [t for t in ids if int(t.rsplit("_", 1)[1]) <= variants]
+    by_scenario: dict[str, list[str]] = {}
+    for task_id in ids:
+        by_scenario.setdefault(task_id.rsplit("_", 1)[0], []).append(task_id)
+    chosen: list[str] = []
+    for i, tasks in enumerate(by_scenario.values()):
+        tasks = sorted(tasks, key=lambda t: int(t.rsplit("_", 1)[1]))
+        chosen += [tasks[(i + j) % len(tasks)] for j in range(min(variants, len(tasks)))]
+    return chosen
 
 
 def _latest_version(train_dir: Path) -> Path:
@@ -61,12 +75,15 @@ def demo(
     out: str = "runs/demo",
     root: str = "worlds/mini",
     config: str = "experiments/demo.yaml",
+    base_model: str = "smollm2",
+    fit_args: list[str] | None = None,
     system: str = "planner_executor",
     eval_split: str = "test_normal",
     eval_scenarios: int | None = 3,
-    train_variants: int | None = 1,
+    train_variants: int | None = 2,
     prompt_dir: str | None = "experiments/prompts/compact",
-    pool_size: int = 3,
+    pool_size: int = 10,
+    precision: str = "auto",
     max_new_tokens: int = 96,
     planner_max_new_tokens: int = 40,
     max_steps_per_subtask: int = 2,
@@ -78,17 +95,23 @@ def demo(
         out: output folder (report.json, report.md, report.png, trajectories, the training run).
         root: mini-world root; built when missing.
         config: the LightningCLI config of the fine-tuning step.
+        base_model: the team's base model (smollm2 = the embedded SmolLM2-135M-Instruct; tiny for a smoke run).
+        fit_args: extra `prost fit` arguments for the fine-tuning step, e.g. [--trainer.max_epochs, "1"].
         system: the agent system to train and evaluate.
         eval_split: held-out split for the before/after comparison (never trained or tuned on).
         eval_scenarios: evaluate the first N scenarios of the split (all 3 variants each); null = all.
-        train_variants: train on variants 1..N of each train scenario (3 = all); keeps CPU time in budget.
+        train_variants: train on N of the 3 variants of each train scenario (rotated so every
+            phrasing is trained; null = all); keeps CPU time in budget.
         prompt_dir: prompt overrides used for collection, training data and both evaluations alike.
-        pool_size: AppWorld servers, i.e. episodes in parallel.
+        pool_size: AppWorld servers, i.e. episodes in parallel (generation is batched across them).
+        precision: training precision; auto = bf16-mixed where bf16 is fast (AVX512-BF16 / AMX CPUs,
+            GPUs), else 32-true. Evaluation uses bf16 weights in the same cases, fp32 otherwise.
         max_new_tokens: generated tokens per executor call (an oracle step is at most ~80 SmolLM2 tokens).
         planner_max_new_tokens: generated tokens per planner call (a sub-task is one short sentence).
         max_steps_per_subtask: executor replies per sub-task (code turns + report).
         max_subtasks: sub-tasks the planner may emit per episode.
     """
+    from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits
     from prost_lightning.agents.evaluate import evaluate_system
     from prost_lightning.cli import lightning_main
@@ -120,33 +143,40 @@ def demo(
     limits = Limits(max_subtasks=max_subtasks, max_steps_per_subtask=max_steps_per_subtask,
                     max_new_tokens=max_new_tokens, role_max_new_tokens={"planner": planner_max_new_tokens})
     held_out = _held_out_tasks(root_dir, eval_split, eval_scenarios)
-    base_config = {"base_model": "smollm2", "roles": ["planner", "executor"]}
+    bf16 = fast_bf16() if precision == "auto" else precision.startswith("bf16")
+    precision = precision if precision != "auto" else ("bf16-mixed" if bf16 else "32-true")
+
+    def evaluate(adapters: Path, name: str) -> dict:
+        return evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(adapters),
+                               base_model=base_model, limits=limits, pool_size=min(pool_size, len(held_out)),
+                               max_batch_size=pool_size, dtype="bfloat16" if bf16 else "float32",
+                               prompt_dir=prompt_dir, out=str(out_dir / "eval" / f"{name}_{eval_split}.jsonl"))
+
     untrained_dir = out_dir / "untrained_adapters"
     # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
-    RoleLoRAModule(**base_config).export_adapters(untrained_dir)
-    before = evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(untrained_dir),
-                             base_model="smollm2", limits=limits, pool_size=pool_size, prompt_dir=prompt_dir,
-                             out=str(out_dir / "eval" / f"untrained_{eval_split}.jsonl"))
+    RoleLoRAModule(base_model=base_model, roles=list(system_roles(system))).export_adapters(untrained_dir)
+    before = evaluate(untrained_dir, "untrained")
     t = phase("eval_untrained", t)
 
     train_dir = out_dir / "train"
     lightning_main(["fit", "--config", config, "--trainer.default_root_dir", str(train_dir),
-                    "--data.train_file", str(train_file)])
+                    "--data.train_file", str(train_file), "--trainer.precision", precision,
+                    "--model.base_model", base_model, "--model.roles", json.dumps(list(system_roles(system))),
+                    *(fit_args or [])])
     version = _latest_version(train_dir)
     t = phase("fine_tune", t)
 
-    after = evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(version / "adapters"),
-                            base_model="smollm2", limits=limits, pool_size=pool_size, prompt_dir=prompt_dir,
-                            out=str(out_dir / "eval" / f"trained_{eval_split}.jsonl"))
+    after = evaluate(version / "adapters", "trained")
     phase("eval_trained", t)
 
     fit_summary_path = version / "fit_summary.json"
     report = {
         "system": system,
-        "base_model": "SmolLM2-135M-Instruct",
+        "base_model": "SmolLM2-135M-Instruct" if base_model == "smollm2" else base_model,
         "eval_split": eval_split,
         "eval_tasks": held_out,
         "train_tasks": len(_train_tasks(root_dir, train_variants)),
+        "precision": precision,
         "untrained": before,
         "trained": after,
         "training": json.loads(fit_summary_path.read_text()) if fit_summary_path.exists() else None,
@@ -191,29 +221,48 @@ def render_markdown(report: dict) -> str:
 
 
 def plot_before_after(report: dict, path: Path) -> None:
+    """Three panels: TGC/SGC (overall, per difficulty), cost per task, wall time per phase."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    before, after = report["untrained"]["goal"], report["trained"]["goal"]
-    labels = ["TGC", "SGC"] + [f"TGC d{level}" for level in sorted(after["by_difficulty"])]
+    runs = [("untrained", report["untrained"]), ("ProST-trained", report["trained"])]
+    levels = sorted(report["trained"]["goal"]["by_difficulty"])
+    labels = ["TGC", "SGC"] + [f"TGC d{level}" for level in levels]
 
-    def values(goal: dict) -> list[float]:
-        return [goal["tgc"], goal["sgc"]] + [goal["by_difficulty"].get(level, {}).get("tgc", 0.0)
-                                             for level in sorted(after["by_difficulty"])]
+    def goal_values(goal: dict) -> list[float]:
+        return [goal["tgc"], goal["sgc"]] + [goal["by_difficulty"].get(level, {}).get("tgc", 0.0) for level in levels]
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, (ax_goal, ax_cost, ax_time) = plt.subplots(1, 3, figsize=(14, 4), width_ratios=[3, 2, 2])
     xs = range(len(labels))
-    ax.bar([x - 0.2 for x in xs], values(before), width=0.4, label="untrained")
-    ax.bar([x + 0.2 for x in xs], values(after), width=0.4, label="ProST-trained")
-    ax.set_xticks(list(xs), labels)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("% of held-out tasks / scenarios")
-    ax.set_title(f"{report['system']} ({report['base_model']}) on {report['eval_split']}")
-    ax.legend()
+    for offset, (name, summary) in zip((-0.2, 0.2), runs, strict=True):
+        ax_goal.bar([x + offset for x in xs], goal_values(summary["goal"]), width=0.4, label=name)
+    ax_goal.set_xticks(list(xs), labels)
+    ax_goal.set_ylim(0, 100)
+    ax_goal.set_ylabel("% of held-out tasks / scenarios")
+    ax_goal.set_title(f"{len(report['eval_tasks'])} held-out tasks ({report['eval_split']})")
+    ax_goal.legend()
+
+    cost_labels = ["tokens (k)", "LLM calls", "env steps"]
+    for offset, (name, summary) in zip((-0.2, 0.2), runs, strict=True):
+        usage = summary["usage"]
+        values = [usage["mean_tokens"] / 1000, usage["mean_llm_calls"], usage["mean_env_steps"]]
+        ax_cost.bar([x + offset for x in range(3)], values, width=0.4, label=name)
+    ax_cost.set_xticks(range(3), cost_labels)
+    ax_cost.set_title("cost per task (mean)")
+
+    wall = {k: v for k, v in report["wall_time_s"].items() if k != "total"}
+    ax_time.barh(list(wall), [v / 60 for v in wall.values()], color="gray")
+    ax_time.invert_yaxis()
+    ax_time.set_xlabel("minutes")
+    training = report.get("training") or {}
+    throughput = f", training {training['tokens_per_s']} tok/s" if training else ""
+    ax_time.set_title(f"wall time {report['wall_time_s']['total'] / 60:.1f} min{throughput}")
+
+    fig.suptitle(f"{report['system']} ({report['base_model']}): before and after ProST fine-tuning")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
     os.replace(tmp, path)

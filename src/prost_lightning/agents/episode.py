@@ -155,13 +155,17 @@ class Episode:
         self.conversations.append(conv)
         return conv.messages
 
-    def generate(self, role: str, messages: list[Message], subtask: int, step: int
-                 ) -> Generator[Request, Any, str]:
-        """Ask ``role``'s policy for the next reply to ``messages``; accounts usage."""
+    def generate(self, role: str, messages: list[Message], subtask: int, step: int, *,
+                 code_turn: bool = False) -> Generator[Request, Any, str]:
+        """Ask ``role``'s policy for the next reply to ``messages``; accounts usage.
+
+        ``code_turn``: the reply is read as a code action, so a policy may stop generating at the
+        close of its first code block (``GenerationRequest.stop_after_code``).
+        """
         request = GenerationRequest(
             role=role, messages=[{"role": m.role, "content": m.content} for m in messages],
             max_new_tokens=self.limits.role_max_new_tokens.get(role, self.limits.max_new_tokens),
-            view=EpisodeView(self.task, subtask, step, self.last_observation))
+            view=EpisodeView(self.task, subtask, step, self.last_observation), stop_after_code=code_turn)
         generation: Generation = yield request
         self._account(role, generation)
         return generation.text.strip()

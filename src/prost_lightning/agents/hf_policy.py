@@ -3,6 +3,8 @@
 The requests of one call are rendered with the tokenizer's chat template (generation prompt
 added), left-padded into one batch and generated together with the KV cache; greedy by default.
 Several roles share one ``PeftModel``: each policy activates its adapter before generating.
+A request marked ``stop_after_code`` stops at the close of its first code block (its row only; the
+rest of the batch goes on), so a code turn costs the tokens of the action, not of the token limit.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, Policy
 
 
@@ -20,7 +24,7 @@ class HFPolicy(Policy):
 
     def __init__(self, model, tokenizer, adapter: str | None = None, *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 8,
-                 num_parameters: int | None = None, stop_strings: Sequence[str] = ()):
+                 num_parameters: int | None = None):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when ``adapter`` is given.
@@ -69,18 +73,21 @@ class HFPolicy(Policy):
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) for k, v in batch.items()}
         limit = max(r.max_new_tokens for r in requests)
+        prompt_width = batch["input_ids"].shape[1]
+        code_stop = _CodeBlockClosed(tok, prompt_width, [r.stop_after_code for r in requests])
         kwargs = dict(max_new_tokens=limit, do_sample=self.do_sample, use_cache=True,
-                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids)
+                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids,
+                      stopping_criteria=StoppingCriteriaList([code_stop]))
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         with self._adapter_active(), _eval_mode(self.model):
             sequences = self.model.generate(**batch, **kwargs)
-        new = sequences[:, batch["input_ids"].shape[1]:]
+        new = sequences[:, prompt_width:]
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
         results = []
-        for row, request, n_prompt in zip(new.tolist(), requests, prompt_lengths, strict=True):
+        for i, (row, request, n_prompt) in enumerate(zip(new.tolist(), requests, prompt_lengths, strict=True)):
             tokens, finish = [], "length"
-            for t in row[: request.max_new_tokens]:
+            for t in row[: min(request.max_new_tokens, code_stop.length.get(i, len(row)))]:
                 if t in self.stop_ids:
                     tokens.append(t)  # the end-of-turn token is generated, so it is counted
                     finish = "stop"
@@ -90,6 +97,9 @@ class HFPolicy(Policy):
                     break
                 tokens.append(t)
             text = tok.decode([t for t in tokens if t not in self.stop_ids], skip_special_tokens=True)
+            if i in code_stop.length:
+                finish = "stop"
+                text = text[: code_block_end(text) or len(text)]
             results.append(Generation(text=text, prompt_tokens=int(n_prompt), completion_tokens=len(tokens),
                                       finish_reason=finish))
         return results
@@ -117,3 +127,29 @@ def _eval_mode(model):
         yield
     finally:
         model.train(was_training)
+
+
+class _CodeBlockClosed(StoppingCriteria):
+    """Stops the rows whose request is a code turn once their new text holds a closed code block.
+
+    ``length[i]`` records how many tokens row i had generated when it stopped; generate pads the
+    row after that, so those tokens are not the model's and are not counted.
+    """
+
+    def __init__(self, tokenizer, prompt_width: int, enabled: list[bool]):
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.enabled = enabled
+        self.length: dict[int, int] = {}
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        generated = input_ids.shape[1] - self.prompt_width
+        for i, wanted in enumerate(self.enabled):
+            if i in self.length:
+                done[i] = True
+            elif wanted and code_block_end(self.tokenizer.decode(input_ids[i, self.prompt_width:],
+                                                                  skip_special_tokens=True)) is not None:
+                self.length[i] = generated
+                done[i] = True
+        return done

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 _FENCED = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
+_CLOSED = re.compile(r"```(?:python|py)?[ \t]*\n.*?```", re.DOTALL | re.IGNORECASE)
 _EXECUTION_FAILED = "Execution failed"
 
 
@@ -19,6 +20,16 @@ def extract_code(reply: str) -> str | None:
         return None
     code = match.group(1).strip("\n")
     return code if code.strip() else None
+
+
+def code_block_end(reply: str) -> int | None:
+    """Character offset just past the closing fence of the reply's first code block, or None.
+
+    A code turn is read only up to there (``extract_code`` takes the first block), so generation
+    can stop at that point without changing what the episode does.
+    """
+    match = _CLOSED.search(reply)
+    return match.end() if match else None
 
 
 def is_finish(reply: str, finish_line: str) -> bool:

@@ -39,6 +39,7 @@ class GenerationRequest:
     messages: list[dict]
     max_new_tokens: int
     view: EpisodeView | None = None
+    stop_after_code: bool = False  # a code turn: the reply may end at the close of its first code block
 
 
 @dataclass

@@ -107,7 +107,7 @@ class SingleAgent(AgentSystem):
         for turn in range(1, max_turns + 1):
             tag = min(turn, k_total)
             ep.current_subtask = tag
-            reply = yield from ep.generate("agent", messages, tag, turn)
+            reply = yield from ep.generate("agent", messages, tag, turn, code_turn=True)
             messages.append(_assistant(reply, tag))
             code = extract_code(reply)
             ep.last_reply_had_code = code is not None
@@ -154,7 +154,7 @@ class PlannerExecutor(AgentSystem):
         messages.append(_user(ep.prompts.render("executor_task", index=k, subtask=subtask, **ep.task_fields), k))
         codes: list[str] = []
         for step in range(1, ep.limits.max_steps_per_subtask + 1):
-            reply = yield from ep.generate("executor", messages, k, step)
+            reply = yield from ep.generate("executor", messages, k, step, code_turn=True)
             messages.append(_assistant(reply, k))
             code = extract_code(reply)
             if code is None or ep.completed:  # the report (after completion, whatever comes next)
