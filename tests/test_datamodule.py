@@ -100,6 +100,22 @@ def test_batch_order_is_seeded():
     assert sorted(map(tuple, sampler(0, 1))) == sorted(map(tuple, sampler(0, 2)))  # same groups, new order
 
 
+def test_batches_do_not_depend_on_the_order_of_the_file(tmp_path):
+    # collection appends episodes as they finish, so two collections of one split differ in order
+    lines = FIXTURE.read_text().splitlines()
+    reversed_file = tmp_path / "reversed.jsonl"
+    reversed_file.write_text("\n".join(reversed(lines)) + "\n")
+
+    def cache_and_batches(path):
+        dm = TrajectoryDataModule(str(path), "tiny", batch_size=2)
+        batches = [b["input_ids"].tolist() for b in dm.epoch_dataloader(1)]
+        return [(rc.task_id, rc.role, rc.subtask) for rc in dm._train], batches
+
+    cache, batches = cache_and_batches(reversed_file)
+    assert cache == sorted(cache, key=lambda key: key[0])  # the sample cache is in task-id order
+    assert (cache, batches) == cache_and_batches(FIXTURE)
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_every_rank_trains_the_same_role_at_each_step(world):
     roles = ["planner"] * 5 + ["executor"] * 7 + ["agent"] * 2
@@ -149,7 +165,8 @@ def test_unknown_role_is_a_clear_error():
 
 
 def test_max_length_shorter_than_the_prompt_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"max_length 100 is too short for task a1b2c3d_1, role planner"):
+    # trajectories are read in task-id order, so the first offending task is always the same one
+    with pytest.raises(ConfigError, match=r"max_length 100 is too short for task 5e1f7aa_1, role agent"):
         make(max_length=100)
 
 

@@ -32,7 +32,8 @@ def test_train_tasks_rotate_the_variants_across_scenarios(mini_world_root):
 def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, tmp_path):
     report = demo(out=str(tmp_path), root=str(mini_world_root), config=str(REPO / "experiments" / "demo.yaml"),
                   base_model="tiny", train_variants=1, eval_scenarios=1, pool_size=3,
-                  fit_args=["--trainer.max_epochs", "2", "--data.batch_size", "8"],
+                  fit_args=["--trainer.max_epochs", "2", "--data.batch_size", "8",
+                            "--data.max_length", "4096"],  # the tiny tokenizer is byte-level
                   prompt_dir=str(REPO / "experiments" / "prompts" / "compact"))
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
@@ -54,7 +55,10 @@ def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, t
     assert set(report["wall_time_s"]) == {"build_world", "collect", "eval_untrained", "fine_tune",
                                           "eval_trained", "total"}
 
+    assert sorted(report["episodes"]) == sorted(held_out)
+    assert all(set(runs) == {"untrained", "trained"} for runs in report["episodes"].values())
     markdown = (tmp_path / "report.md").read_text()
     assert "| untrained |" in markdown and "| ProST-trained |" in markdown
+    assert all(f"| {task_id} |" in markdown for task_id in held_out)
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes left nothing behind

@@ -53,6 +53,29 @@ def test_per_role_overrides_and_shared_adapter():
     assert shared.adapter_name("planner") == shared.adapter_name("executor") == SHARED_ADAPTER
 
 
+def test_role_learning_rates_give_each_adapter_its_own_rate():
+    module = RoleLoRAModule(base_model="tiny", roles=["planner", "executor"], learning_rate=1e-3,
+                            role_learning_rates={"planner": 4e-3}, warmup_steps=1)
+    optimizer = module.configure_optimizers()["optimizer"]
+    rate_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    for role, rate in (("planner", 4e-3), ("executor", 1e-3)):
+        params = module._adapter_params[role]
+        assert params and all(rate_of[id(p)] == rate for p in params)
+    # one Adam step moves every element by about lr (sign of the gradient): 4x further for the planner
+    for role in ("planner", "executor"):
+        for p in module._adapter_params[role]:
+            p.grad = torch.ones_like(p)
+    before = {r: [p.detach().clone() for p in module._adapter_params[r]] for r in ("planner", "executor")}
+    optimizer.step()
+    moved = {r: max(float((p - b).abs().max()) for p, b in zip(module._adapter_params[r], before[r], strict=True))
+             for r in before}
+    assert moved["planner"] == pytest.approx(4 * moved["executor"], rel=1e-3)
+    with pytest.raises(ConfigError, match="role_learning_rates"):
+        RoleLoRAModule(base_model="tiny", roles=["planner"], role_learning_rates={"verifier": 1e-3})
+    with pytest.raises(ConfigError, match="shared adapter"):
+        RoleLoRAModule(base_model="tiny", roles=["planner"], shared_adapter=True, role_learning_rates={"planner": 1e-3})
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="role_overrides"):
         RoleLoRAModule(base_model="tiny", roles=["planner"], role_overrides={"verifier": {"r": 4}})

@@ -137,7 +137,9 @@ def demo(
 
     train_file = out_dir / "trajectories" / f"{system}_train.jsonl"
     collect(teacher="oracle", system=system, root=str(root_dir), out=str(train_file),
-            task_ids=_train_tasks(root_dir, train_variants), pool_size=pool_size, prompt_dir=prompt_dir)
+            task_ids=_train_tasks(root_dir, train_variants), prompt_dir=prompt_dir,
+            # the oracle generates nothing, so collection is bound by the servers' CPU: one per core
+            pool_size=min(pool_size, os.cpu_count() or 1))
     t = phase("collect", t)
 
     limits = Limits(max_subtasks=max_subtasks, max_steps_per_subtask=max_steps_per_subtask,
@@ -150,7 +152,10 @@ def demo(
         return evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(adapters),
                                base_model=base_model, limits=limits, pool_size=min(pool_size, len(held_out)),
                                max_batch_size=pool_size, dtype="bfloat16" if bf16 else "float32",
-                               prompt_dir=prompt_dir, out=str(out_dir / "eval" / f"{name}_{eval_split}.jsonl"))
+                               prompt_dir=prompt_dir, out=str(episodes_file(name)))
+
+    def episodes_file(name: str) -> Path:
+        return out_dir / "eval" / f"{name}_{eval_split}.jsonl"
 
     untrained_dir = out_dir / "untrained_adapters"
     # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
@@ -179,6 +184,7 @@ def demo(
         "precision": precision,
         "untrained": before,
         "trained": after,
+        "episodes": _episode_outcomes(held_out, {name: episodes_file(name) for name in ("untrained", "trained")}),
         "training": json.loads(fit_summary_path.read_text()) if fit_summary_path.exists() else None,
         "run_dir": str(version),
         "wall_time_s": {**phases, "total": round(time.monotonic() - started, 1)},
@@ -188,6 +194,19 @@ def demo(
     plot_before_after(report, out_dir / "report.png")
     print(render_markdown(report))
     return report
+
+
+def _episode_outcomes(task_ids: list[str], files: dict[str, Path]) -> dict[str, dict[str, str]]:
+    """{task_id: {run: "success" | failure reason (sub-task where it failed)}} from the eval trajectories."""
+    from prost_lightning.trajectory import read_trajectories
+
+    table: dict[str, dict[str, str]] = {t: {} for t in task_ids}
+    for name, path in files.items():
+        for trajectory in read_trajectories(path):
+            outcome = trajectory.outcome
+            table[trajectory.task_id][name] = ("success" if outcome.success else
+                                               f"{outcome.failure_reason} (sub-task {outcome.failed_subtask})")
+    return table
 
 
 def render_markdown(report: dict) -> str:
@@ -215,6 +234,10 @@ def render_markdown(report: dict) -> str:
             f"peak memory {training['peak_memory_gb']} GB; trained tokens {training['trained_tokens']}.",
             "",
         ]
+    runs = ("untrained", "trained")
+    lines += ["| task | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    for task_id, outcomes in report["episodes"].items():
+        lines.append(f"| {task_id} | " + " | ".join(outcomes.get(r, "-") for r in runs) + " |")
     wall = report["wall_time_s"]
     lines.append("Wall time (s): " + ", ".join(f"{k} {v}" for k, v in wall.items()))
     return "\n".join(lines) + "\n"
@@ -237,7 +260,8 @@ def plot_before_after(report: dict, path: Path) -> None:
     fig, (ax_goal, ax_cost, ax_time) = plt.subplots(1, 3, figsize=(14, 4), width_ratios=[3, 2, 2])
     xs = range(len(labels))
     for offset, (name, summary) in zip((-0.2, 0.2), runs, strict=True):
-        ax_goal.bar([x + offset for x in xs], goal_values(summary["goal"]), width=0.4, label=name)
+        bars = ax_goal.bar([x + offset for x in xs], goal_values(summary["goal"]), width=0.4, label=name)
+        ax_goal.bar_label(bars, fmt="%.0f", fontsize=8)  # a 0 must read as measured, not as missing
     ax_goal.set_xticks(list(xs), labels)
     ax_goal.set_ylim(0, 100)
     ax_goal.set_ylabel("% of held-out tasks / scenarios")
@@ -248,7 +272,8 @@ def plot_before_after(report: dict, path: Path) -> None:
     for offset, (name, summary) in zip((-0.2, 0.2), runs, strict=True):
         usage = summary["usage"]
         values = [usage["mean_tokens"] / 1000, usage["mean_llm_calls"], usage["mean_env_steps"]]
-        ax_cost.bar([x + offset for x in range(3)], values, width=0.4, label=name)
+        ax_cost.bar_label(ax_cost.bar([x + offset for x in range(3)], values, width=0.4, label=name),
+                          fmt="%.1f", fontsize=8)
     ax_cost.set_xticks(range(3), cost_labels)
     ax_cost.set_title("cost per task (mean)")
 

@@ -55,6 +55,7 @@ class RoleLoRAModule(L.LightningModule):
         role_overrides: dict[str, dict] | None = None,
         shared_adapter: bool = False,
         learning_rate: float = 5e-4,
+        role_learning_rates: dict[str, float] | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
         gradient_checkpointing: bool = False,
@@ -73,6 +74,9 @@ class RoleLoRAModule(L.LightningModule):
             role_overrides: per-role changes to `lora`, e.g. {planner: {r: 8}}.
             shared_adapter: ablation: one adapter trained on every role's samples.
             learning_rate: AdamW learning rate for the adapters.
+            role_learning_rates: per-role rates, e.g. {planner: 2.5e-3}: a role with few samples
+                per epoch (the planner has one per trajectory, the executor one per sub-task) takes
+                far fewer optimizer steps, and a higher rate makes up for it.
             weight_decay: AdamW weight decay.
             warmup_steps: linear warm-up steps, then a constant rate (the curriculum changes the
                 epoch length, so a schedule tied to the total step count would be wrong).
@@ -88,9 +92,12 @@ class RoleLoRAModule(L.LightningModule):
             raise ConfigError("model.roles: give at least one role, e.g. [planner, executor]")
         self.lora = lora or LoraSettings()
         self.role_overrides = role_overrides or {}
-        unknown = sorted(set(self.role_overrides) - set(self.roles))
-        if unknown:
-            raise ConfigError(f"model.role_overrides: unknown role(s) {unknown}; model.roles is {self.roles}")
+        for key, table in (("role_overrides", self.role_overrides), ("role_learning_rates", role_learning_rates or {})):
+            unknown = sorted(set(table) - set(self.roles))
+            if unknown:
+                raise ConfigError(f"model.{key}: unknown role(s) {unknown}; model.roles is {self.roles}")
+        if shared_adapter and role_learning_rates:
+            raise ConfigError("model.role_learning_rates: one shared adapter has one rate; use model.learning_rate")
         self.shared_adapter = shared_adapter
         self.tokenizer = backbone.load_tokenizer(base_model)
         self.model = self._build_peft_model(base_model, dtype, quantization, gradient_checkpointing)
@@ -195,9 +202,10 @@ class RoleLoRAModule(L.LightningModule):
         self._roles_since_step.clear()
 
     def configure_optimizers(self):
-        params = [p for ps in self._adapter_params.values() for p in ps]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.learning_rate,
-                                      weight_decay=self.hparams.weight_decay)
+        rates = self.hparams.role_learning_rates or {}
+        groups = [{"params": params, "lr": rates.get(name, self.hparams.learning_rate)}
+                  for name, params in self._adapter_params.items()]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay)
         warmup = max(1, self.hparams.warmup_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -32,8 +32,13 @@ _CHANGING_SCHEDULES = ("progressive", "reverse", "random")
 
 def render_file(path: str | Path, tokenizer, roles: list[str] | None, max_length: int | None,
                 ) -> tuple[list[RenderedConversation], list[str]]:
-    """Render every conversation of the chosen roles; returns them and the roles present in the file."""
-    trajectories = read_trajectories(path)
+    """Render every conversation of the chosen roles; returns them and the roles present in the file.
+
+    Trajectories are taken in task-id order (stable for repeated ids): collection runs episodes
+    concurrently and appends them as they finish, so the file's order, and with it the seeded batch
+    order, would otherwise change from one collection to the next.
+    """
+    trajectories = sorted(read_trajectories(path), key=lambda t: t.task_id)
     present = sorted({r for t in trajectories for r in t.roles})
     unknown = [r for r in roles or [] if r not in present]
     if unknown:
