@@ -40,14 +40,12 @@ class ModelNotFoundError(ProstError, FileNotFoundError):
     """A model name that resolves to nothing; the message says how to get it."""
 
 
-def fast_bf16(device: str = "cpu") -> bool:
-    """True where bf16 compute is faster than fp32: CUDA GPUs with bf16, CPUs with AVX512-BF16 or AMX.
+def fast_bf16() -> bool:
+    """True on CPUs where bf16 compute beats fp32: those with AVX512-BF16 or AMX.
 
     On other CPUs bf16 is emulated and far slower (measured: notes/stack.md and the first
     session's machine), so callers pick ``float32`` / ``32-true`` there.
     """
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:
         flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
                  for f in line.split(":", 1)[1].split()}

@@ -104,8 +104,8 @@ def demo(
             phrasing is trained; null = all); keeps CPU time in budget.
         prompt_dir: prompt overrides used for collection, training data and both evaluations alike.
         pool_size: AppWorld servers, i.e. episodes in parallel (generation is batched across them).
-        precision: training precision; auto = bf16-mixed where bf16 is fast (AVX512-BF16 / AMX CPUs,
-            GPUs), else 32-true. Evaluation uses bf16 weights in the same cases, fp32 otherwise.
+        precision: training precision; auto = bf16-mixed on CPUs where bf16 is fast (AVX512-BF16 /
+            AMX), else 32-true. Evaluation uses bf16 weights in the same cases, fp32 otherwise.
         max_new_tokens: generated tokens per executor call (an oracle step is at most ~80 SmolLM2 tokens).
         planner_max_new_tokens: generated tokens per planner call (a sub-task is one short sentence).
         max_steps_per_subtask: executor replies per sub-task (code turns + report).
@@ -136,8 +136,9 @@ def demo(
     t = phase("build_world", t)
 
     train_file = out_dir / "trajectories" / f"{system}_train.jsonl"
+    train_tasks = _train_tasks(root_dir, train_variants)
     collect(teacher="oracle", system=system, root=str(root_dir), out=str(train_file),
-            task_ids=_train_tasks(root_dir, train_variants), prompt_dir=prompt_dir,
+            task_ids=train_tasks, prompt_dir=prompt_dir,
             # the oracle generates nothing, so collection is bound by the servers' CPU: one per core
             pool_size=min(pool_size, os.cpu_count() or 1))
     t = phase("collect", t)
@@ -148,14 +149,14 @@ def demo(
     bf16 = fast_bf16() if precision == "auto" else precision.startswith("bf16")
     precision = precision if precision != "auto" else ("bf16-mixed" if bf16 else "32-true")
 
+    def episodes_file(name: str) -> Path:
+        return out_dir / "eval" / f"{name}_{eval_split}.jsonl"
+
     def evaluate(adapters: Path, name: str) -> dict:
         return evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(adapters),
                                base_model=base_model, limits=limits, pool_size=min(pool_size, len(held_out)),
                                max_batch_size=pool_size, dtype="bfloat16" if bf16 else "float32",
                                prompt_dir=prompt_dir, out=str(episodes_file(name)))
-
-    def episodes_file(name: str) -> Path:
-        return out_dir / "eval" / f"{name}_{eval_split}.jsonl"
 
     untrained_dir = out_dir / "untrained_adapters"
     # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
@@ -180,7 +181,7 @@ def demo(
         "base_model": "SmolLM2-135M-Instruct" if base_model == "smollm2" else base_model,
         "eval_split": eval_split,
         "eval_tasks": held_out,
-        "train_tasks": len(_train_tasks(root_dir, train_variants)),
+        "train_tasks": len(train_tasks),
         "precision": precision,
         "untrained": before,
         "trained": after,

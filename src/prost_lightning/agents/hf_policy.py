@@ -76,8 +76,9 @@ class HFPolicy(Policy):
         prompt_width = batch["input_ids"].shape[1]
         code_stop = _CodeBlockClosed(tok, prompt_width, [r.stop_after_code for r in requests])
         kwargs = dict(max_new_tokens=limit, do_sample=self.do_sample, use_cache=True,
-                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids,
-                      stopping_criteria=StoppingCriteriaList([code_stop]))
+                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids)
+        if any(code_stop.enabled):  # no per-step decoding for batches without a code turn (the planner's)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([code_stop])
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         with self._adapter_active(), _eval_mode(self.model):
