@@ -43,8 +43,8 @@ class ModelNotFoundError(ProstError, FileNotFoundError):
 def fast_bf16() -> bool:
     """True on CPUs where bf16 compute beats fp32: those with AVX512-BF16 or AMX.
 
-    On other CPUs bf16 is emulated and far slower (measured: notes/stack.md and the first
-    session's machine), so callers pick ``float32`` / ``32-true`` there.
+    On other CPUs bf16 is emulated and far slower (measured; docs/training-notes.md), so callers
+    pick ``float32`` / ``32-true`` there.
     """
     try:
         flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
@@ -172,7 +172,7 @@ def fix_bnb_cpu_4bit(model: torch.nn.Module) -> int:
 
     bitsandbytes 0.50 repacks a Linear4bit weight into an inference-only layout after the first
     eval-mode no-grad forward on AVX512-BF16 CPUs; training afterwards crashes (layers with bias)
-    or yields silently wrong LoRA gradients (bias-free layers). See notes/stack.md section 2.3.
+    or yields silently wrong LoRA gradients (bias-free layers). See docs/training-notes.md.
     """
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import bitsandbytes as bnb

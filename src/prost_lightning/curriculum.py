@@ -1,8 +1,8 @@
-"""Sub-task curricula (DESIGN.md section 3): which sub-tasks of a trajectory are trained at epoch e.
+"""Sub-task curricula (docs/prost.md): which sub-tasks of a trajectory are trained at epoch e.
 
 Schedules are pure functions of (config, epoch, number of sub-tasks K, task id); the data module
 asks :meth:`ScheduleConfig.active_subtasks` for every trajectory when it rebuilds the train set,
-which it does in ``train_dataloader()`` from ``trainer.current_epoch`` (notes/stack.md section 5:
+which it does in ``train_dataloader()`` from ``trainer.current_epoch`` (docs/prost.md:
 a callback hook would be one epoch late).
 
 | name          | active sub-tasks at epoch e (0-based), h = min(K, start + step * (e // epochs_per_stage)) |

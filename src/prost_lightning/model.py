@@ -33,7 +33,7 @@ class LoraSettings:
         alpha: scaling numerator (the update is scaled by alpha / r).
         dropout: dropout on the LoRA input.
         target_modules: module names that get an adapter (attention and MLP learn far faster than
-            attention alone on small models, see notes/learnability.md).
+            attention alone on small models, see docs/training-notes.md).
     """
 
     r: int = 16

@@ -33,7 +33,7 @@ class Context:
     """What one suite run is asked to do.
 
     ``device`` picks the settings: on ``cpu`` float32 weights and no quantisation (bitsandbytes 4-bit
-    gives no speed on CPU, see notes/stack.md); on ``cuda`` bf16 weights and, where a benchmark
+    gives no speed on CPU, see docs/training-notes.md); on ``cuda`` bf16 weights and, where a benchmark
     trains, nf4 (QLoRA) as well. Suites of different devices are reported separately.
     """
 

@@ -3,7 +3,7 @@
 * ``setup()`` reads the files and renders every conversation once (the sample cache).
 * ``train_dataloader()`` rebuilds the train set for ``trainer.current_epoch`` (Lightning calls it
   every epoch when ``reload_dataloaders_every_n_epochs=1``, before ``on_train_epoch_start``; see
-  notes/stack.md section 5) and stores the epoch's statistics in :attr:`epoch_stats`, which
+  docs/prost.md) and stores the epoch's statistics in :attr:`epoch_stats`, which
   :class:`~prost_lightning.curriculum.CurriculumCallback` logs.
 * ``val_dataloader()``: every sub-task active (the ``full`` schedule), so validation loss per role
   is comparable across epochs and schedules.

@@ -23,7 +23,7 @@ minus trailing whitespace-only tokens. Decision: the ``\\n`` that ChatML puts af
 produces that newline; it stays in ``input_ids`` as context. System, user (task, observations,
 reports) and header tokens are never trained.
 
-Modes (DESIGN.md section 3), for an active set A of sub-task indices:
+Modes (docs/prost.md), for an active set A of sub-task indices:
 
 * ``slice``: the sample ends after the last message of sub-task max(A); trailing non-assistant
   messages are dropped (they carry no label). Messages of inactive sub-tasks before that stay as

@@ -5,7 +5,7 @@ Runs INSIDE the AppWorld venv (it imports appworld, the stdlib and its sibling m
     .venv-appworld/bin/python src/prost_lightning/env/miniworld/build.py --root DIR --seed 0
 
 Writes DIR/data/{api_docs/standard/*.json, base_dbs/*.db, datasets/*.txt, version.txt,
-tasks/<id>/...} with AppWorld's own model classes (notes/appworld.md section 8). The build goes
+tasks/<id>/...} with AppWorld's own model classes (docs/miniworld.md). The build goes
 into a temp folder next to DIR, which replaces DIR only when complete. Time is frozen at the
 task datetime while rows are written, so the same seed gives byte-identical task files.
 """
