@@ -121,7 +121,7 @@ def test_exported_adapters_reload_with_plain_peft(tmp_path):
 
 @pytest.mark.parametrize("base", ["tiny", "tiny-qwen2"])
 def test_nf4_on_cpu_trains_with_correct_gradients_after_an_eval_forward(base):
-    """bitsandbytes' CPU 4-bit bug (notes/stack.md 2.3): an eval forward must not corrupt training."""
+    """bitsandbytes' CPU 4-bit bug (docs/training-notes.md): an eval forward must not corrupt training."""
     def grads(module):
         batch = _batch(module, "agent")
         module.model.zero_grad()

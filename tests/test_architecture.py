@@ -1,0 +1,110 @@
+"""The import rules of docs/architecture.md, checked rather than only described.
+
+Loading a module is checked in a fresh interpreter (the test process itself has torch loaded
+long before); which package a module imports from is read from its source, so imports inside
+functions count too.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "prost_lightning"
+ENV = PACKAGE / "env"
+
+# Scripts run by the AppWorld interpreter (their own venv): never imported by the main venv.
+APPWORLD_SIDE = {
+    "prost_lightning.env._appworld_server",
+    "prost_lightning.env.preamble",
+    "prost_lightning.env.miniworld.build",
+    "prost_lightning.env.miniworld.evaluation_template",
+}
+TRAINING_STACK = ("torch", "lightning", "pytorch_lightning", "transformers", "peft")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules_under(folder: Path) -> list[str]:
+    return sorted(module_name(p) for p in folder.rglob("*.py"))
+
+
+ENV_MODULES = [m for m in modules_under(ENV) if m not in APPWORLD_SIDE]
+
+
+def loaded_after(code: str) -> set[str]:
+    """Top-level packages in sys.modules after running `code` in a fresh interpreter."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def imported_names(path: Path) -> set[str]:
+    """Absolute names of every module `path` imports, relative imports resolved."""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            names.add(module)
+            # `from prost_lightning import env` imports a module too
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_module_lists_are_not_empty():
+    assert "prost_lightning.env.pool" in ENV_MODULES and "prost_lightning.env.world" in ENV_MODULES
+    assert "prost_lightning.env.miniworld.families" in ENV_MODULES
+
+
+@pytest.mark.parametrize("module", ENV_MODULES)
+def test_env_modules_load_no_training_stack(module):
+    loaded = loaded_after(f"import {module}")
+    assert module.split(".")[0] in loaded
+    assert not loaded & set(TRAINING_STACK), f"importing {module} loads {sorted(loaded & set(TRAINING_STACK))}"
+
+
+@pytest.mark.parametrize("module", sorted(APPWORLD_SIDE))
+def test_appworld_side_scripts_import_nothing_of_the_main_venv(module):
+    path = PACKAGE.parent.joinpath(*module.split(".")).with_suffix(".py")
+    bad = {n for n in imported_names(path) if n.split(".")[0] in ("prost_lightning", *TRAINING_STACK)}
+    assert not bad, f"{module} runs in the AppWorld venv but imports {sorted(bad)}"
+
+
+TRAINING_DATA = [PACKAGE / "curriculum.py", *sorted((PACKAGE / "data").rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", TRAINING_DATA, ids=lambda p: module_name(p))
+def test_training_data_imports_nothing_from_env_or_agents(path):
+    forbidden = ("prost_lightning.env", "prost_lightning.agents")
+    bad = {n for n in imported_names(path) if any(n == f or n.startswith(f + ".") for f in forbidden)}
+    assert not bad, f"{module_name(path)} imports {sorted(bad)}"
+
+
+def test_imported_names_resolves_relative_imports():
+    """The checker itself: a relative import in env/ is seen under its absolute name."""
+    assert "prost_lightning.env.client" in imported_names(ENV / "pool.py")
+    assert "prost_lightning.errors" in imported_names(ENV / "pool.py")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["world", "--help"]])
+def test_prost_help_does_not_import_torch(argv):
+    code = ("import sys\nfrom prost_lightning import cli\n"
+            f"try:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass")
+    loaded = loaded_after(code)
+    assert "prost_lightning" in loaded
+    assert not loaded & {"torch", "lightning"}, f"prost {' '.join(argv)} loads {sorted(loaded & {'torch', 'lightning'})}"
