@@ -12,6 +12,7 @@ Every number in the report is measured in this run; nothing is carried over from
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -19,12 +20,7 @@ from pathlib import Path
 
 from prost_lightning.backbone import fast_bf16
 from prost_lightning.errors import ConfigError
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from prost_lightning.files import write_atomic
 
 
 def _held_out_tasks(root: Path, split: str, scenarios: int | None) -> list[str]:
@@ -190,8 +186,8 @@ def demo(
         "run_dir": str(version),
         "wall_time_s": {**phases, "total": round(time.monotonic() - started, 1)},
     }
-    _write_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(out_dir / "report.md", render_markdown(report))
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "report.md", render_markdown(report))
     plot_before_after(report, out_dir / "report.png")
     print(render_markdown(report))
     return report
@@ -288,7 +284,7 @@ def plot_before_after(report: dict, path: Path) -> None:
 
     fig.suptitle(f"{report['system']} ({report['base_model']}): before and after ProST fine-tuning")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, image.getvalue())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from prost_lightning.errors import ProstError
+from prost_lightning.files import write_atomic
 from prost_lightning.metrics import (
     aggregate_usage,
     failure_reason_counts,
@@ -228,19 +228,6 @@ def load_run(run: str | os.PathLike, name: str | None = None, source: Source = "
 
 
 # -- output ----------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file in the same folder and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _num(value: float | None, kind: str = "") -> str:
     if value is None:

@@ -206,7 +206,7 @@ def finished(run_dir: Path) -> bool:
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
-    from prost_lightning.report import write_atomic
+    from prost_lightning.files import write_atomic
 
     header = "# Written by prost_lightning.sweep: one grid point, complete. Rerun it with\n"
     write_atomic(path, header + f"#   prost fit --config {path}\n" + yaml.safe_dump(data, sort_keys=False))

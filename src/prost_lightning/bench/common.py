@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from prost_lightning.errors import ProstError
+from prost_lightning.files import write_atomic
 
 
 class BenchSkipped(Exception):
@@ -212,20 +213,6 @@ def machine_info(device: str = "cpu") -> dict:
         info["cuda"] = torch.version.cuda
         info["bitsandbytes"] = _version("bitsandbytes")
     return info
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Temp file in the same folder, then a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: str | os.PathLike, data) -> None:

@@ -6,7 +6,8 @@ import importlib
 import json
 from pathlib import Path
 
-from prost_lightning.bench.common import write_atomic, write_json
+from prost_lightning.bench.common import write_json
+from prost_lightning.files import write_atomic
 
 SCHEMA = 1
 
