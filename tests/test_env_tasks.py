@@ -100,3 +100,30 @@ def test_real_train_tasks_get_a_derived_plan():
         assert task.plan_source in ("compiled_solution.py", "solution.py") and task.plan
         for step in task.plan:
             compile(step.code, task_id, "exec")
+
+
+def test_a_world_root_is_a_folder_with_task_data(tmp_path):
+    from prost_lightning.env.tasks import NoWorldData, is_world_root, require_world_root
+    from prost_lightning.errors import ConfigError
+
+    assert not is_world_root(tmp_path)
+    with pytest.raises(NoWorldData) as caught:
+        require_world_root(tmp_path)
+    # one message, wherever the check runs (collect, eval, rollouts, verify): what is missing and both fixes
+    message = str(caught.value)
+    assert f"no AppWorld data under {tmp_path}" in message
+    assert f"prost world build --root {tmp_path}" in message and "prost world download" in message
+    assert isinstance(caught.value, ConfigError)  # the CLI prints it as a usage error, no traceback
+    (tmp_path / "data" / "tasks").mkdir(parents=True)
+    assert is_world_root(str(tmp_path)) and require_world_root(str(tmp_path)) == tmp_path
+
+
+def test_the_preamble_has_one_path():
+    from prost_lightning.agents import load_preamble as agents_preamble
+    from prost_lightning.env.runtime import PREAMBLE_PATH, load_preamble
+    from prost_lightning.env.world import PREAMBLE_PATH as world_preamble_path
+
+    assert PREAMBLE_PATH == world_preamble_path and PREAMBLE_PATH.name == "preamble.py"
+    assert agents_preamble is load_preamble
+    assert "def login(app)" in load_preamble() and "def collect(api_fn" in load_preamble()
+    assert load_preamble(PREAMBLE_PATH.with_name("no_such_preamble.py")) is None

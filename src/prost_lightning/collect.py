@@ -32,8 +32,9 @@ from prost_lightning.agents import (
     system_roles,
 )
 from prost_lightning.agents.report import episode_progress
-from prost_lightning.agents.runner import check_root, start_pool
+from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import TaskInfo
+from prost_lightning.env.tasks import require_world_root as check_root
 from prost_lightning.trajectory import Trajectory, append_trajectory, parse_line
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from prost_lightning.backbone import fast_bf16
+from prost_lightning.env.tasks import is_world_root
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import write_atomic
 
@@ -127,7 +128,7 @@ def demo(
         return now
 
     t = time.monotonic()
-    if not (root_dir / "data" / "datasets" / "train.txt").exists():
+    if not is_world_root(root_dir):
         world.build(str(root_dir))
     t = phase("build_world", t)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
@@ -105,14 +104,10 @@ class RolloutCallback(Callback):
                                   f"but model.roles is {list(module_roles)}")
         if trainer.is_global_zero:
             from prost_lightning.env.runtime import appworld_python
+            from prost_lightning.env.tasks import require_world_root
 
-            if not (Path(self.root) / "data" / "tasks").is_dir():
-                raise ConfigError(f"RolloutCallback.root {self.root}: no AppWorld data there; build it with "
-                                  f"`prost world build --root {self.root}`")
-            try:
-                appworld_python()
-            except Exception as error:
-                raise ConfigError(f"RolloutCallback: {error}") from None
+            require_world_root(self.root)
+            appworld_python()
             self._tasks = load_tasks(self.root, self.split, self.task_ids, self.max_tasks)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
 from prost_lightning.agents.report import episode_progress, format_summary, summarize
-from prost_lightning.agents.runner import check_root, start_pool
+from prost_lightning.agents.runner import start_pool
+from prost_lightning.env.tasks import require_world_root
 from prost_lightning.errors import ConfigError
 from prost_lightning.trajectory import Trajectory, write_trajectories
 
@@ -67,7 +68,7 @@ def evaluate_system(
     """
     from prost_lightning.agents.factory import model_policies
 
-    root_path = check_root(root)
+    root_path = require_world_root(root)
     roles = system_roles(system)
     model, tokenizer, adapter_for, num_parameters = load_trained(roles, adapters=adapters, ckpt_path=ckpt_path,
                                                                  base_model=base_model, dtype=dtype)

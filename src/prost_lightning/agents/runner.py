@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from prost_lightning.env.client import SERVER_FAULT, EnvError
+from prost_lightning.env.runtime import load_preamble
 from prost_lightning.env.tasks import TaskInfo, load_task, load_task_ids
 from prost_lightning.errors import ConfigError
 from prost_lightning.trajectory import Trajectory
@@ -34,15 +35,6 @@ from .prompts import PromptSet
 from .systems import AgentSystem, build_system
 
 log = logging.getLogger(__name__)
-
-PREAMBLE_PATH = Path(__file__).resolve().parents[1] / "env" / "preamble.py"
-
-
-def load_preamble(path: str | Path | None = None) -> str | None:
-    """The helper source executed in the AppWorld shell after initialize (None if there is none)."""
-    path = Path(path) if path else PREAMBLE_PATH
-    return path.read_text(encoding="utf-8") if path.is_file() else None
-
 
 def load_tasks(root: str | Path, split: str | None = None, task_ids: Sequence[str] | None = None,
                max_tasks: int | None = None) -> list[TaskInfo]:
@@ -56,24 +48,12 @@ def load_tasks(root: str | Path, split: str | None = None, task_ids: Sequence[st
 
 
 def start_pool(root, pool_size: int = 1, step_timeout_s: int = 30, log_dir: Path | None = None):
-    """A ServerPool for ``root`` (not started: use it in a ``with``); a clear error without AppWorld."""
+    """A ServerPool for ``root`` (not started: use it in a ``with``); AppWorldNotInstalled without AppWorld."""
     from prost_lightning.env.pool import ServerPool
     from prost_lightning.env.runtime import appworld_python
 
-    try:
-        appworld_python()
-    except Exception as error:  # AppWorldNotInstalled: its message says how to fix it
-        raise ConfigError(str(error)) from None
+    appworld_python()  # fails before any server is spawned, with the one message that says how to install
     return ServerPool(root, size=pool_size, step_timeout_s=step_timeout_s, log_dir=log_dir)
-
-
-def check_root(root) -> Path:
-    """``root`` as a Path; a clear error when it holds no AppWorld task data."""
-    root = Path(root)
-    if not (root / "data" / "tasks").is_dir():
-        raise ConfigError(f"--root {root}: no AppWorld data there (missing {root / 'data' / 'tasks'}); "
-                          f"build the mini-world with `prost world build --root {root}`")
-    return root
 
 
 @dataclass

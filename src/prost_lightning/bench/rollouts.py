@@ -33,12 +33,15 @@ _SCRIPT = Path(__file__).with_name("_appworld_execute.py")
 
 def world_root(ctx: Context) -> Path:
     """The mini-world to run on; built with ``prost_lightning.env.miniworld.build`` when missing."""
-    from prost_lightning.env.runtime import appworld_available
+    from prost_lightning.env.runtime import AppWorldNotInstalled, appworld_python
+    from prost_lightning.env.tasks import is_world_root
 
-    if not appworld_available():
-        raise BenchSkipped("AppWorld venv missing (.venv-appworld): run `make appworld`")
+    try:
+        appworld_python()
+    except AppWorldNotInstalled as error:
+        raise BenchSkipped(str(error)) from None
     root = Path(ctx.world)
-    if not (root / "data" / "tasks").is_dir():
+    if not is_world_root(root):
         from prost_lightning.env import miniworld
 
         print(f"[bench] no mini-world at {root}: building it (once)", file=sys.stderr, flush=True)
@@ -56,21 +59,13 @@ def _tasks(root: Path, count: int):
     return [tasks[i % len(tasks)] for i in range(count)]
 
 
-def _preamble() -> str | None:
-    path = Path(__file__).resolve().parents[1] / "env" / "preamble.py"
-    return path.read_text() if path.is_file() else None
-
-
 def scripted_episode(pool, task, preamble: str | None) -> dict:
-    """One policy-free episode: the plan's code, one execute per sub-task, then evaluate."""
+    """One policy-free episode (the oracle that `prost world verify` plays), on a leased server."""
+    from prost_lightning.env.world import play_oracle
+
     with pool.lease() as env:
-        env.initialize(task.task_id, experiment_name=EXPERIMENT)
-        if preamble:
-            env.execute(preamble)
-        for step in task.plan:
-            env.execute(step.code)
-        result = env.evaluate()
-        return {"success": bool(result["success"]), "steps": env.steps}
+        outcome = play_oracle(env, task, preamble, experiment_name=EXPERIMENT)
+        return {"success": outcome["success"], "steps": env.steps}
 
 
 def episodes_per_minute(pool, tasks, workers: int, preamble: str | None) -> tuple[float, list[dict]]:
@@ -161,7 +156,9 @@ def run(ctx: Context) -> dict:
     episodes = 2 * servers if ctx.quick else 8 * servers
     repeats = 20 if ctx.quick else 200
     tasks = _tasks(root, episodes)
-    preamble = _preamble()
+    from prost_lightning.env.runtime import load_preamble
+
+    preamble = load_preamble()
     rec.settings = {"world": str(root), "servers": [1, servers], "episodes_per_setting": episodes,
                     "policy": "scripted: ground-truth plan code, one execute per sub-task",
                     "execute_repeats": repeats, "codes": CODES,

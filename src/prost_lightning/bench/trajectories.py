@@ -31,9 +31,10 @@ def oracle_files(ctx: Context, tasks: int = ORACLE_TASKS) -> list[Path] | None:
     by template family, so the first N would all be one family); collected once, then reused.
     None when the AppWorld runtime or the mini-world is missing."""
     from prost_lightning.env.runtime import appworld_available
+    from prost_lightning.env.tasks import is_world_root
 
     root = Path(ctx.world)
-    if not appworld_available() or not (root / "data" / "tasks").is_dir():
+    if not appworld_available() or not is_world_root(root):
         return None
     from prost_lightning.collect import collect
     from prost_lightning.env.tasks import load_task_ids

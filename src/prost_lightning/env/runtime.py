@@ -15,6 +15,8 @@ from ..errors import ProstError
 
 APPWORLD_PYTHON_ENV = "PROST_APPWORLD_PYTHON"
 APPWORLD_VENV_DIRNAME = ".venv-appworld"
+# The tool library every episode runs in the AppWorld shell right after /initialize.
+PREAMBLE_PATH = Path(__file__).with_name("preamble.py")
 
 
 class AppWorldNotInstalled(ProstError, RuntimeError):
@@ -41,6 +43,12 @@ def appworld_python() -> Path:
             f"set {APPWORLD_PYTHON_ENV} to use another interpreter)"
         )
     return path
+
+
+def load_preamble(path: str | os.PathLike | None = None) -> str | None:
+    """The source of the preamble (default: env/preamble.py); None when the file does not exist."""
+    path = Path(path) if path else PREAMBLE_PATH
+    return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
 def appworld_available() -> bool:

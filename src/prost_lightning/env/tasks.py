@@ -33,13 +33,17 @@ import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ProstError
+from ..errors import ConfigError, ProstError
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
 
 
 class TaskDataError(ProstError, ValueError):
     """A missing or malformed file in a data root; the message names the file and the fix."""
+
+
+class NoWorldData(ConfigError):
+    """A folder given as a world root holds no AppWorld task data; the message says how to get it."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,21 @@ def scenario_of(task_id: str) -> str:
 
 def data_dir(root: str | Path) -> Path:
     return Path(root) / "data"
+
+
+def is_world_root(root: str | Path) -> bool:
+    """True when ``root`` holds AppWorld task data (``data/tasks/``), built or downloaded."""
+    return (data_dir(root) / "tasks").is_dir()
+
+
+def require_world_root(root: str | Path) -> Path:
+    """``root`` as a Path, or :class:`NoWorldData` saying how to build or download one."""
+    root = Path(root)
+    if not is_world_root(root):
+        raise NoWorldData(f"no AppWorld data under {root} (missing {data_dir(root) / 'tasks'}): build the "
+                          f"mini-world with `prost world build --root {root}` or download AppWorld's "
+                          f"with `prost world download --root {root}`")
+    return root
 
 
 def load_task_ids(root: str | Path, split: str) -> list[str]:

@@ -31,10 +31,9 @@ from ..errors import ProstError
 from ..metrics import goal_completion
 from .client import EnvError
 from .pool import ServerPool
-from .runtime import appworld_python, project_root
-from .tasks import TaskInfo, load_splits, load_task
+from .runtime import PREAMBLE_PATH, appworld_python, load_preamble, project_root
+from .tasks import NoWorldData, TaskInfo, is_world_root, load_splits, load_task, require_world_root
 
-PREAMBLE_PATH = Path(__file__).with_name("preamble.py")
 EXECUTION_FAILED = "Execution failed"
 
 
@@ -51,7 +50,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
     if root is not None:
         return Path(root).resolve()
     env_root = os.environ.get("APPWORLD_ROOT")
-    if env_root and (Path(env_root) / "data" / "tasks").is_dir():
+    if env_root and is_world_root(env_root):
         return Path(env_root).resolve()
     return project_root() / DEFAULT_MINI_ROOT
 
@@ -100,7 +99,7 @@ def download(root: str, timeout_s: float = 1800.0) -> Path:
     command = [str(appworld_python()), "-m", "appworld.cli", "download", "data", "--root", str(root)]
     with tempfile.TemporaryDirectory(prefix="prost-download-") as cwd:  # import appworld loads ./.env
         result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout_s)
-    if result.returncode != 0 or not (root / "data" / "tasks").is_dir():
+    if result.returncode != 0 or not is_world_root(root):
         scratch = root / ".tmp"  # upstream leaves its (empty) download folder behind
         if scratch.is_dir() and not any(scratch.iterdir()):
             scratch.rmdir()
@@ -112,9 +111,13 @@ def download(root: str, timeout_s: float = 1800.0) -> Path:
 
 # -- verify -------------------------------------------------------------------------------------
 
-def _oracle(env, task: TaskInfo, preamble: str | None) -> dict:
+def play_oracle(env, task: TaskInfo, preamble: str | None, experiment_name: str = "verify-oracle") -> dict:
+    """The scripted oracle episode on a leased ``env``: the preamble, each plan step's code, evaluate.
+
+    Returns success, AppWorld's evaluation, the steps whose code failed, and the wall time.
+    """
     started = time.monotonic()
-    env.initialize(task.task_id, experiment_name="verify-oracle")
+    env.initialize(task.task_id, experiment_name=experiment_name)
     step_errors = []
     codes = ([("preamble", preamble)] if preamble else []) + [(str(i), s.code) for i, s in enumerate(task.plan, 1)]
     for label, code in codes:
@@ -143,7 +146,7 @@ def _run_task(pool: ServerPool, task: TaskInfo, preamble: str | None) -> dict:
             continue
         try:
             with pool.lease() as env:
-                outcome[kind] = _oracle(env, task, preamble) if kind == "oracle" else _noop(env, task)
+                outcome[kind] = play_oracle(env, task, preamble) if kind == "oracle" else _noop(env, task)
         except EnvError as error:
             outcome[kind] = {"success": False, "error": error.reason, "message": str(error)[:600], "wall_s": None}
     return outcome
@@ -172,10 +175,10 @@ def verify_world(
 
     ``splits``/``task_ids``/``limit_per_split`` (first N tasks of each split) select a subset.
     """
-    root = Path(root).resolve()
-    if not (root / "data" / "tasks").is_dir():
-        raise WorldError(f"no AppWorld data under {root}: build it (`prost world build --root {root}`) "
-                         "or download it (`prost world download --root ...`)")
+    try:
+        root = require_world_root(Path(root).resolve())
+    except NoWorldData as error:
+        raise WorldError(str(error)) from None
     split_ids = load_splits(root)
     if splits is not None:
         unknown = sorted(set(splits) - set(split_ids))
@@ -189,7 +192,7 @@ def verify_world(
         wanted = set(task_ids)
         ordered = [t for t in ordered if t in wanted] + [t for t in task_ids if t not in set(ordered)]
     tasks = [load_task(root, t) for t in ordered]
-    preamble = Path(preamble_path).read_text() if preamble_path and Path(preamble_path).is_file() else None
+    preamble = load_preamble(preamble_path) if preamble_path else None
 
     started = time.monotonic()
     with ServerPool(root, size=min(size, max(1, len(tasks))), experiment_name="verify", **(pool_options or {})) as pool:
@@ -306,5 +309,5 @@ def _problem_detail(episode: dict) -> dict:
     return detail
 
 
-__all__ = ["build", "verify", "verify_world", "download", "resolve_root", "WorldError", "PREAMBLE_PATH",
+__all__ = ["build", "verify", "verify_world", "download", "resolve_root", "play_oracle", "WorldError", "PREAMBLE_PATH",
            "DEFAULT_MINI_ROOT"]
