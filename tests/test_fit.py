@@ -52,6 +52,7 @@ def test_cli_fit_debug_experiment_meets_the_issue_checks(tmp_path):
     summary = json.loads((version / "fit_summary.json").read_text())
     assert set(summary["trained_tokens"]) == {"planner", "executor"}
     assert 0 < summary["real_token_fraction"] <= 1 and summary["tokens_per_s"] > 0
+    assert summary["peak_memory_gb"] > 0  # the fit's own peak (reset at fit start)
     assert "fit summary:" in out.stdout
     # the loss goes down on the tiny model even in 9 steps
     losses = _per_epoch(rows, "val/loss")

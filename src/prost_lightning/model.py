@@ -21,7 +21,8 @@ from prost_lightning.errors import ConfigError
 from prost_lightning.rundir import run_dir
 
 SHARED_ADAPTER = "shared"
-_LORA_MARK = "lora_"
+# PEFT names every LoRA parameter "...lora_A..." / "...lora_B...": the mark of adapter weights.
+LORA_MARK = "lora_"
 
 
 @dataclass
@@ -102,10 +103,10 @@ class RoleLoRAModule(L.LightningModule):
         self.tokenizer = backbone.load_tokenizer(base_model)
         self.model = self._build_peft_model(base_model, dtype, quantization, gradient_checkpointing)
         self.num_base_parameters = sum(
-            p.numel() for n, p in self.model.named_parameters() if _LORA_MARK not in n
+            p.numel() for n, p in self.model.named_parameters() if LORA_MARK not in n
         )
         self._adapter_params = {
-            name: [p for n, p in self.model.named_parameters() if f".{name}." in n and _LORA_MARK in n]
+            name: [p for n, p in self.model.named_parameters() if f".{name}." in n and LORA_MARK in n]
             for name in self.adapter_names
         }
         self._roles_since_step: set[str] = set()
@@ -143,7 +144,7 @@ class RoleLoRAModule(L.LightningModule):
         for name in rest:
             model.add_adapter(name, self._lora_config(name))
         for n, p in model.named_parameters():
-            p.requires_grad_(_LORA_MARK in n)
+            p.requires_grad_(LORA_MARK in n)
         return model.train()  # from_pretrained returns eval mode; Lightning toggles it from here on
 
     def activate(self, role: str) -> str:
@@ -212,7 +213,7 @@ class RoleLoRAModule(L.LightningModule):
 
     # ---- checkpoints and export -----------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if _LORA_MARK in k}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if LORA_MARK in k}
         checkpoint["prost_adapters"] = self.adapter_names
 
     def on_load_checkpoint(self, checkpoint):

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 from collections import Counter
 
 import lightning as L
 import torch
 
+from prost_lightning.data.render import IGNORE_INDEX
+from prost_lightning.peak_memory import peak_bytes, reset_peak
 from prost_lightning.rundir import run_dir
 
 
-def peak_memory_bytes(device: torch.device | None = None) -> int:
-    """Peak GPU memory on CUDA, else the process's peak resident set size."""
-    if device is not None and device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
-
-
 class ThroughputSummary(L.Callback):
-    """Counts tokens per role while training and reports tokens/s, real-token fraction and peak memory."""
+    """Counts tokens per role while training and reports tokens/s, real-token fraction and peak memory.
+
+    The peak is the fit's own (reset at fit start, see :mod:`prost_lightning.peak_memory`), so a fit
+    that follows collection and evaluation in one process does not report their peak.
+    """
 
     def __init__(self):
         self.trained_tokens: Counter[str] = Counter()
@@ -32,6 +28,9 @@ class ThroughputSummary(L.Callback):
         self.steps = 0
         self._seconds = 0.0
         self._started: float | None = None
+
+    def on_fit_start(self, trainer, pl_module):
+        reset_peak(pl_module.device)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._started = time.perf_counter()
@@ -42,7 +41,7 @@ class ThroughputSummary(L.Callback):
             self._started = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.trained_tokens[batch["role"]] += int((batch["labels"] != -100).sum())
+        self.trained_tokens[batch["role"]] += int((batch["labels"] != IGNORE_INDEX).sum())
         self.real_tokens += int(batch["attention_mask"].sum())
         self.total_tokens += batch["attention_mask"].numel()
         self.steps += 1
@@ -56,7 +55,7 @@ class ThroughputSummary(L.Callback):
             "tokens_per_s": round(self.real_tokens / seconds, 1),
             "trained_tokens_per_s": round(sum(self.trained_tokens.values()) / seconds, 1),
             "real_token_fraction": round(self.real_tokens / max(self.total_tokens, 1), 4),
-            "peak_memory_gb": round(peak_memory_bytes(device) / 2**30, 3),
+            "peak_memory_gb": round(peak_bytes(device) / 2**30, 3),
         }
 
     def on_fit_end(self, trainer, pl_module):

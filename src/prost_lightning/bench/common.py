@@ -12,8 +12,6 @@ import json
 import math
 import os
 import platform
-import resource
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -89,22 +87,6 @@ class Timer:
     def __exit__(self, *exc) -> None:
         synchronize(self.device)
         self.seconds = time.perf_counter() - self._start
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process.
-
-    Linux: VmHWM of /proc/self/status, the high-water mark of this address space. Not ru_maxrss,
-    which survives exec: a child started from a big parent would report the parent's size.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss if sys.platform == "darwin" else rss * 1024  # Linux reports KiB
 
 
 _OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t}

@@ -15,7 +15,8 @@ import os
 import subprocess
 import sys
 
-from prost_lightning.bench.common import Context, Recorder, child_json, peak_rss_bytes
+from prost_lightning.bench.common import Context, Recorder, child_json
+from prost_lightning.peak_memory import peak_bytes
 
 ROLES = ["planner", "executor", "verifier"]
 TARGET_RATIO = 1.05
@@ -91,9 +92,9 @@ def run(ctx: Context) -> dict:
 def _child(args: argparse.Namespace) -> dict:
     import torch
 
-    from prost_lightning.model import RoleLoRAModule
+    from prost_lightning.model import LORA_MARK, RoleLoRAModule
 
-    import_rss = peak_rss_bytes()
+    import_rss = peak_bytes()
     roles = ROLES[: args.adapters]
     module = RoleLoRAModule(base_model=args.model, roles=roles, dtype=args.dtype, quantization=args.quantization,
                             warmup_steps=1, export_adapters=False)
@@ -102,9 +103,9 @@ def _child(args: argparse.Namespace) -> dict:
             module.to("cuda")
         torch.cuda.reset_peak_memory_stats()
     device = next(module.model.parameters()).device
-    lora = [p for n, p in module.model.named_parameters() if "lora_" in n and f".{roles[0]}." in n]
+    lora = [p for n, p in module.model.named_parameters() if LORA_MARK in n and f".{roles[0]}." in n]
     adapter_bytes = sum(p.numel() * p.element_size() for p in lora)
-    base_bytes = sum(p.numel() * p.element_size() for n, p in module.model.named_parameters() if "lora_" not in n)
+    base_bytes = sum(p.numel() * p.element_size() for n, p in module.model.named_parameters() if LORA_MARK not in n)
     optimizer = module.configure_optimizers()["optimizer"]
     generator = torch.Generator().manual_seed(0)
     vocab = module.model.get_input_embeddings().num_embeddings
@@ -120,7 +121,7 @@ def _child(args: argparse.Namespace) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     peak_cuda = torch.cuda.max_memory_allocated() if args.device == "cuda" else 0
-    return {"adapters": args.adapters, "peak_rss": peak_rss_bytes(), "import_rss": import_rss,
+    return {"adapters": args.adapters, "peak_rss": peak_bytes(), "import_rss": import_rss,
             "adapter_bytes": adapter_bytes, "base_bytes": base_bytes, "peak_cuda": peak_cuda,
             "loss": float(loss.detach())}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from prost_lightning.bench.common import Context, Recorder, Timer
 from prost_lightning.bench.trajectories import training_file
+from prost_lightning.data.render import IGNORE_INDEX
 
 TARGET_SPEEDUP = 1.3
 TARGET_REAL_FRACTION = 0.95
@@ -54,7 +55,7 @@ class _CountingCollator:
         batch = self.inner(features)
         self.real += int(batch["attention_mask"].sum())
         self.total += batch["attention_mask"].numel()
-        self.trained += int((batch["labels"] != -100).sum())
+        self.trained += int((batch["labels"] != IGNORE_INDEX).sum())
         return batch
 
 
@@ -123,7 +124,7 @@ def prepare_baseline(cfg: dict, train_file: Path, ctx: Context, quantization: st
     tokenizer.padding_side = "right"  # what DataCollatorForSeq2Seq pads with for training
 
     def train_once() -> dict:
-        collator = _CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=-100))
+        collator = _CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding="longest", label_pad_token_id=IGNORE_INDEX))
         args = TrainingArguments(
             output_dir=str(workdir / "baseline"), per_device_train_batch_size=cfg["batch"],
             num_train_epochs=cfg["epochs"], learning_rate=LEARNING_RATE, lr_scheduler_type="constant_with_warmup",
