@@ -19,8 +19,8 @@ from prost_lightning.agents import (
     run_episodes,
     system_roles,
 )
+from prost_lightning.agents.episode_summary import summarize
 from prost_lightning.agents.parsing import extract_code
-from prost_lightning.agents.report import summarize
 from prost_lightning.trajectory import parse_line
 
 pytestmark = pytest.mark.appworld

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from prost_lightning.bench import BENCHMARKS, run
-from prost_lightning.bench.report import load, render_markdown
+from prost_lightning.bench.results_markdown import load, render_markdown
 from prost_lightning.errors import ConfigError
 
 # figures that may legitimately be zero or negative (a difference, a share)

@@ -31,7 +31,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     },
     "collect": "prost_lightning.collect:collect",
     "eval": "prost_lightning.agents.evaluate:evaluate_system",
-    "report": "prost_lightning.report:report",
+    "report": "prost_lightning.pareto_report:report",
     "inspect": "prost_lightning.data.inspect:inspect_sample",
     "model": "prost_lightning.backbone:prepare_smollm2",
     "bench": "prost_lightning.bench:run",
@@ -110,7 +110,7 @@ def _verb_main(verb: str, argv: list[str]):
         components = _load(entry)
         functions = [components]
     if verb == "report":  # `prost report RUN [RUN ...]`: jsonargparse has no nargs='+'
-        from prost_lightning.report import expand_positional_runs
+        from prost_lightning.pareto_report import expand_positional_runs
 
         argv = expand_positional_runs(argv)
     result = auto_cli(components, args=_expand_bare_flags(argv, functions), as_positional=False)

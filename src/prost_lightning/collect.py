@@ -31,7 +31,7 @@ from prost_lightning.agents import (
     run_episodes,
     system_roles,
 )
-from prost_lightning.agents.report import episode_progress
+from prost_lightning.agents.episode_summary import episode_progress
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import TaskInfo
 from prost_lightning.env.tasks import require_world_root as check_root

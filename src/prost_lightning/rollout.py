@@ -27,8 +27,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
+from prost_lightning.agents.episode_summary import episode_progress, flat_metrics, format_summary, summarize
 from prost_lightning.agents.factory import model_policies
-from prost_lightning.agents.report import episode_progress, flat_metrics, format_summary, summarize
 from prost_lightning.errors import ConfigError
 from prost_lightning.rundir import run_dir
 from prost_lightning.trajectory import Trajectory, write_trajectories

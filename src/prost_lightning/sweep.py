@@ -286,7 +286,7 @@ def sweep(
     report_dir = None
     done = [e for e in results if e["status"] in ("done", "skipped")]
     if report and not dry_run and done:
-        from prost_lightning.report import report as make_report
+        from prost_lightning.pareto_report import report as make_report
 
         report_dir = str(folder / "report")
         make_report([e["run_dir"] for e in done], out=report_dir, names=[e["name"] for e in done],

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
-from prost_lightning.agents.report import episode_progress, format_summary, summarize
+from prost_lightning.agents.episode_summary import episode_progress, format_summary, summarize
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import require_world_root
 from prost_lightning.errors import ConfigError

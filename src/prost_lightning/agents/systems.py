@@ -77,6 +77,12 @@ def system_roles(name: str) -> tuple[str, ...]:
     return build_system(name).roles
 
 
+def system_for_roles(roles) -> str | None:
+    """The registered system whose roles are exactly ``roles`` (in any order); None when none is."""
+    wanted = set(roles)
+    return next((name for name, cls in SYSTEMS.items() if set(cls.roles) == wanted), None)
+
+
 class AgentSystem:
     name = "abstract"
     roles: tuple[str, ...] = ()

@@ -73,14 +73,14 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
         device: cpu, or cuda (bf16 weights, and nf4 QLoRA as a second configuration), reported as a separate suite.
         world: mini-world root for the rollout benchmark; built there (prost world build) when missing.
     """
-    from prost_lightning.bench import report as report_mod
+    from prost_lightning.bench import results_markdown
     from prost_lightning.bench.common import Context, check_device, machine_info
 
     names = _chosen(only)
     check_device(device)
     ctx = Context(quick=quick, device=device, world=world)
     results_path = Path(out) / "results.json"
-    data = report_mod.load(results_path)
+    data = results_markdown.load(results_path)
     suite = data["suites"].setdefault(device, {"benchmarks": {}})
     suite["machine"] = machine_info(device)
     for name in names:
@@ -88,12 +88,12 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
         result = run_one(name, ctx)
         suite["benchmarks"][name] = result
         suite["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        report_mod.save(results_path, data)  # after each benchmark: a later crash keeps the earlier figures
-        print(report_mod.console_lines(result), file=sys.stderr, flush=True)
+        results_markdown.save(results_path, data)  # after each benchmark: a later crash keeps the earlier figures
+        print(results_markdown.console_lines(result), file=sys.stderr, flush=True)
     suite["benchmarks"] = {n: suite["benchmarks"][n] for n in BENCHMARKS if n in suite["benchmarks"]}
-    report_mod.save(results_path, data)
+    results_markdown.save(results_path, data)
     if report:
-        report_mod.write_markdown(report, data, results_path)
+        results_markdown.write_markdown(report, data, results_path)
     failed = {n: suite["benchmarks"][n]["reason"] for n in names if suite["benchmarks"][n]["status"] == "error"}
     if failed:
         details = "; ".join(f"{n}: {r}" for n, r in failed.items())

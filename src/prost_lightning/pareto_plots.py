@@ -21,7 +21,7 @@ def _png(fig) -> bytes:
 
 def plot_pareto(result: Mapping[str, Any]) -> bytes:
     """TGC against the chosen cost axis; the non-dominated runs are stars joined by a step line."""
-    from prost_lightning.report import X_AXES
+    from prost_lightning.pareto_report import X_AXES
 
     key, label = X_AXES[result["x_axis"]]
     rows = result["runs"]

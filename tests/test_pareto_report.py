@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prost_lightning.report import (
+from prost_lightning.pareto_report import (
     ReportError,
     describe_config,
     error_rates_by_group,
@@ -75,6 +75,21 @@ def test_config_description_and_labels():
     callback = {"class_path": "prost_lightning.rollout.RolloutCallback", "init_args": {"system": "single"}}
     assert describe_config({"model": {"roles": ["x"]}, "trainer": {"callbacks": [callback]}})["system"] == "single"
     assert schedule_label(None) == "untrained" and schedule_label("full", "slice") == "full"
+
+
+def test_the_system_of_a_config_comes_from_the_system_registry():
+    """A system registered from outside the package is recognised by its roles, no edit of the report."""
+    from prost_lightning.agents.systems import SYSTEMS, AgentSystem, register_system
+
+    @register_system("critic_team_for_test")
+    class CriticTeam(AgentSystem):
+        roles = ("critic", "writer")
+
+    try:
+        assert describe_config({"model": {"roles": ["writer", "critic"]}})["system"] == "critic_team_for_test"
+        assert describe_config({"model": {"roles": ["reader", "critic"]}})["system"] == "critic+reader"
+    finally:
+        del SYSTEMS["critic_team_for_test"]
 
 
 # -- hand-made runs ------------------------------------------------------------------------------------

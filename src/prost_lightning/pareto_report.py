@@ -31,14 +31,11 @@ from typing import Any, Literal
 
 import yaml
 
+from prost_lightning.agents.episode_summary import summarize
+from prost_lightning.agents.systems import system_for_roles
 from prost_lightning.errors import ProstError
 from prost_lightning.files import write_atomic
-from prost_lightning.metrics import (
-    aggregate_usage,
-    failure_reason_counts,
-    goal_completion,
-    subtask_error_rates,
-)
+from prost_lightning.metrics import subtask_error_rates
 from prost_lightning.trajectory import read_trajectories
 
 XAxis = Literal["flops", "tokens", "cost", "env_steps"]
@@ -103,11 +100,7 @@ def system_of(config: Mapping[str, Any]) -> str | None:
             if system:
                 return system
     roles = sorted((config.get("model") or {}).get("roles") or [])
-    if roles == ["agent"]:
-        return "single"
-    if roles == ["executor", "planner"]:
-        return "planner_executor"
-    return "+".join(roles) or None
+    return (system_for_roles(roles) if roles else None) or "+".join(roles) or None
 
 
 def describe_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -129,16 +122,15 @@ def describe_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
 def summarize_episodes(trajectories: Sequence[Any]) -> dict[str, Any]:
     """Goal completion, usage means, failure reasons and sub-task error rates of one run's episodes."""
     outcomes = [t.outcome for t in trajectories]
-    goal = goal_completion({t.task_id: bool(t.outcome and t.outcome.success) for t in trajectories},
-                           {t.task_id: t.difficulty for t in trajectories})
-    usage = aggregate_usage([t.usage for t in trajectories])
+    summary = summarize(trajectories)  # the same figures the rollouts and `prost eval` print
+    goal, usage = summary["goal"], summary["usage"]
     return {
         "episodes": len(trajectories),
         "tgc": goal["tgc"], "sgc": goal["sgc"], "num_tasks": goal["num_tasks"],
         "by_difficulty": goal["by_difficulty"],
         **{k: usage[k] for k in ("mean_tokens", "mean_flops", "mean_cost", "mean_wall_time_s",
                                  "mean_llm_calls", "mean_env_steps", "mean_llm_calls_per_role")},
-        "failures": failure_reason_counts(outcomes),
+        "failures": summary["failures"],
         "subtask_error_rates": {str(k): v for k, v in subtask_error_rates(outcomes).items()},
     }
 
@@ -333,7 +325,7 @@ def report(
     Returns:
         The content of report.json.
     """
-    from prost_lightning.report_plots import plot_pareto, plot_subtask_errors
+    from prost_lightning.pareto_plots import plot_pareto, plot_subtask_errors
 
     if not runs:
         raise ReportError("give at least one run folder or episodes file: prost report RUN [RUN ...]")
