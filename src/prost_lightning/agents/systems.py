@@ -1,6 +1,6 @@
 """Agent systems: who talks to whom, and how each message is tagged with its sub-task.
 
-Built in (conversation conventions: /tmp/team.md "Shared contracts"):
+Built in (the conversation conventions every system keeps, so rendering and masks work for all):
 
 ``single`` (role ``agent``), a ReAct code agent. One conversation:
 [system(0), user(0): task], then per turn i: assistant = short thought + one ```python block,
