@@ -3,16 +3,13 @@
 import pytest
 
 from prost_lightning.metrics import (
-    PriceTableError,
     aggregate_usage,
     estimate_flops,
     failure_reason_counts,
     goal_completion,
-    goal_completion_from_results,
     scenario_goal_completion,
     subtask_error_rates,
     task_goal_completion,
-    usage_cost,
 )
 from prost_lightning.trajectory import Outcome, Usage
 
@@ -48,21 +45,14 @@ def test_per_difficulty_uses_only_that_difficultys_tasks():
     assert by["3"]["tgc"] == 100.0 and by["3"]["num_scenarios"] == 1
 
 
-def test_from_evaluate_results():
-    results = {t: {"success": s, "difficulty": 1 if t.startswith("a") else 2, "num_tests": 2} for t, s in KNOWN.items()}
-    summary = goal_completion_from_results(results)
-    assert (summary["tgc"], summary["sgc"]) == (83.3, 50.0)
-    assert summary["by_difficulty"]["1"]["sgc"] == 0.0 and summary["by_difficulty"]["2"]["sgc"] == 100.0
+def test_flops_and_the_one_price_rule():
+    from prost_lightning.agents.episode import CostModel
 
-
-def test_flops_and_cost():
     assert estimate_flops(135e6, 1000) == 2 * 135e6 * 1000
-    prices = {"planner": {"prompt": 0.5, "completion": 1.5}, "gpt-x": (2.0, 4.0)}
-    cost = usage_cost({"planner": 2000, "executor": 1000}, {"planner": 1000, "executor": 500}, prices,
-                      models={"executor": "gpt-x"})
-    assert cost == pytest.approx(2 * 0.5 + 1 * 1.5 + 1 * 2.0 + 0.5 * 4.0)
-    with pytest.raises(PriceTableError, match="no price for role 'agent'"):
-        usage_cost({"agent": 10}, {}, prices)
+    cost = CostModel(prices={"planner": {"prompt": 0.5, "completion": 1.5}, "default": (2.0, 4.0)})
+    assert cost.price("planner") == (0.5, 1.5)
+    assert cost.price("executor") == (2.0, 4.0)  # a role without an entry takes the table's default
+    assert CostModel(prices={"planner": (1.0, 1.0)}).price("executor") == (0.0, 0.0)  # no default: free, by rule
 
 
 def test_aggregate_usage_accepts_models_and_dicts():

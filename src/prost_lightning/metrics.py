@@ -8,8 +8,9 @@ both rounded like AppWorld (mean to 4 places, percentage to 1), and both again p
 ``task_completed()``.
 
 Usage: per-episode records shaped like ``trajectory.Usage`` (objects or dicts) are aggregated into
-means/totals; FLOPs are estimated as 2 * parameters * tokens processed; cost comes from a price
-table {role or model name: (USD per 1k prompt tokens, USD per 1k completion tokens)}.
+means/totals; FLOPs are estimated as 2 * parameters * tokens processed. The cost of each LLM call
+is priced where the call is made, by ``agents.episode.CostModel`` (the one price rule: the role's
+entry, else the table's ``default`` entry, else explicitly free), and only summed here.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 
-class PriceTableError(ValueError):
-    """The price table lacks an entry for a role (or its model); the message names the fix."""
-
-
 def scenario_of(task_id: str) -> str:
+    """AppWorld's scenario (generator) id: the part before the first '_'."""
     return task_id.split("_")[0]
 
 
@@ -71,49 +69,11 @@ def goal_completion(successes: Mapping[str, bool], difficulties: Mapping[str, in
     return summary
 
 
-def goal_completion_from_results(results: Mapping[str, Mapping[str, Any]]) -> dict:
-    """``goal_completion`` over {task_id: evaluate() dict}; difficulty is read from each dict."""
-    return goal_completion(
-        {t: bool(r.get("success")) for t, r in results.items()},
-        {t: r.get("difficulty") for t, r in results.items()},
-    )
-
-
 # -- usage ---------------------------------------------------------------------------------------
 
 def estimate_flops(parameters: int | float, tokens: int | float) -> float:
     """Forward-pass FLOPs ≈ 2 * parameters * tokens processed (tokens the model actually computed)."""
     return 2.0 * float(parameters) * float(tokens)
-
-
-def _price(prices: Mapping[str, Any], role: str, model: str | None) -> tuple[float, float]:
-    for key in (role, model):
-        if key is not None and key in prices:
-            entry = prices[key]
-            if isinstance(entry, Mapping):
-                return float(entry.get("prompt", 0.0)), float(entry.get("completion", 0.0))
-            prompt, completion = entry
-            return float(prompt), float(completion)
-    raise PriceTableError(
-        f"no price for role {role!r}" + (f" or model {model!r}" if model else "")
-        + f" in the price table (keys: {sorted(prices)}); add an entry "
-        "{name: {\"prompt\": usd_per_1k, \"completion\": usd_per_1k}}"
-    )
-
-
-def usage_cost(
-    prompt_tokens: Mapping[str, int],
-    completion_tokens: Mapping[str, int],
-    prices: Mapping[str, Any],
-    models: Mapping[str, str] | None = None,
-) -> float:
-    """Cost of one episode: per role, tokens/1000 * price, the role's entry first, then its model's."""
-    total = 0.0
-    for role in set(prompt_tokens) | set(completion_tokens):
-        prompt_price, completion_price = _price(prices, role, (models or {}).get(role))
-        total += prompt_tokens.get(role, 0) / 1000 * prompt_price
-        total += completion_tokens.get(role, 0) / 1000 * completion_price
-    return total
 
 
 def _as_dict(record: Any) -> dict:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, ProstError
+from ..metrics import scenario_of
 
 SPLITS = ("train", "dev", "test_normal", "test_challenge")
 
@@ -64,11 +65,6 @@ class TaskInfo:
     family: str | None = None
     datetime: str | None = None
     plan_source: str = "none"  # plan.json | compiled_solution.py | solution.py | none
-
-
-def scenario_of(task_id: str) -> str:
-    """AppWorld's scenario (generator) id: the part before the first '_'."""
-    return task_id.split("_")[0]
 
 
 def data_dir(root: str | Path) -> Path:
