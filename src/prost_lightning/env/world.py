@@ -161,6 +161,70 @@ def _rates(outcomes: list[dict], kind: str) -> dict:
     return {"tgc": summary["tgc"], "sgc": summary["sgc"], "tasks": summary["num_tasks"]}
 
 
+def _select_tasks(root: Path, splits: list[str] | None, task_ids: list[str] | None,
+                  limit_per_split: int | None) -> tuple[dict[str, list[str]], list[TaskInfo]]:
+    """Phase 1: the splits to report on and the tasks to play, in split-file order."""
+    split_ids = load_splits(root)
+    if splits is not None:
+        unknown = sorted(set(splits) - set(split_ids))
+        if unknown:
+            raise WorldError(f"unknown split(s) {unknown} under {root / 'data' / 'datasets'}; known: {sorted(split_ids)}")
+        split_ids = {s: split_ids[s] for s in splits}
+    if limit_per_split is not None:
+        split_ids = {s: ids[:limit_per_split] for s, ids in split_ids.items()}
+    ordered = list(dict.fromkeys(t for ids in split_ids.values() for t in ids))
+    if task_ids is not None:
+        wanted = set(task_ids)
+        ordered = [t for t in ordered if t in wanted] + [t for t in task_ids if t not in set(ordered)]
+    return split_ids, [load_task(root, t) for t in ordered]
+
+
+def _play_all(root: Path, tasks: list[TaskInfo], size: int, preamble: str | None,
+              pool_options: dict | None) -> tuple[list[dict], dict, float]:
+    """Phase 2: every task's oracle and no-op episode through one pool; outcomes, pool stats, wall time."""
+    started = time.monotonic()
+    with ServerPool(root, size=min(size, max(1, len(tasks))), experiment_name="verify", **(pool_options or {})) as pool:
+        with ThreadPoolExecutor(max_workers=pool.size) as executor:
+            outcomes = list(executor.map(lambda task: _run_task(pool, task, preamble), tasks))
+        pool_stats = pool.stats()
+    return outcomes, pool_stats, time.monotonic() - started
+
+
+def _split_rates(split_ids: dict[str, list[str]], by_id: dict[str, dict]) -> dict:
+    """Phase 3a: oracle and no-op TGC/SGC of each split."""
+    report = {}
+    for split, ids in split_ids.items():
+        members = [by_id[t] for t in ids if t in by_id]
+        report[split] = {
+            "tasks": len(members),
+            "scenarios": len({t.split("_")[0] for t in ids if t in by_id}),
+            "oracle_tgc": _rates(members, "oracle")["tgc"],
+            "oracle_sgc": _rates(members, "oracle")["sgc"],
+            "noop_tgc": _rates(members, "noop")["tgc"],
+            "noop_sgc": _rates(members, "noop")["sgc"],
+        }
+    return report
+
+
+def _problems(outcomes: list[dict]) -> list[dict]:
+    """Phase 3b: every task where the oracle failed or erred, or the no-op passed or erred."""
+    problems = []
+    for o in outcomes:
+        if o.get("oracle") is not None and (not o["oracle"]["success"] or o["oracle"].get("step_errors")):
+            problems.append({"task_id": o["task_id"], "kind": "oracle_failed" if not o["oracle"]["success"]
+                             else "oracle_step_error", **_problem_detail(o["oracle"])})
+        if o["noop"]["success"]:
+            problems.append({"task_id": o["task_id"], "kind": "noop_passed"})
+        elif o["noop"].get("error"):
+            problems.append({"task_id": o["task_id"], "kind": "noop_error", **_problem_detail(o["noop"])})
+    return problems
+
+
+def _mean_wall(outcomes: list[dict], kind: str) -> float | None:
+    walls = [o[kind]["wall_s"] for o in outcomes if o.get(kind) and o[kind].get("wall_s")]
+    return round(sum(walls) / len(walls), 3) if walls else None
+
+
 def verify_world(
     root: str | os.PathLike,
     size: int = 2,
@@ -179,55 +243,15 @@ def verify_world(
         root = require_world_root(Path(root).resolve())
     except NoWorldData as error:
         raise WorldError(str(error)) from None
-    split_ids = load_splits(root)
-    if splits is not None:
-        unknown = sorted(set(splits) - set(split_ids))
-        if unknown:
-            raise WorldError(f"unknown split(s) {unknown} under {root / 'data' / 'datasets'}; known: {sorted(split_ids)}")
-        split_ids = {s: split_ids[s] for s in splits}
-    if limit_per_split is not None:
-        split_ids = {s: ids[:limit_per_split] for s, ids in split_ids.items()}
-    ordered = list(dict.fromkeys(t for ids in split_ids.values() for t in ids))
-    if task_ids is not None:
-        wanted = set(task_ids)
-        ordered = [t for t in ordered if t in wanted] + [t for t in task_ids if t not in set(ordered)]
-    tasks = [load_task(root, t) for t in ordered]
+    split_ids, tasks = _select_tasks(root, splits, task_ids, limit_per_split)
     preamble = load_preamble(preamble_path) if preamble_path else None
-
-    started = time.monotonic()
-    with ServerPool(root, size=min(size, max(1, len(tasks))), experiment_name="verify", **(pool_options or {})) as pool:
-        with ThreadPoolExecutor(max_workers=pool.size) as executor:
-            outcomes = list(executor.map(lambda task: _run_task(pool, task, preamble), tasks))
-        pool_stats = pool.stats()
-    wall_s = time.monotonic() - started
+    outcomes, pool_stats, wall_s = _play_all(root, tasks, size, preamble, pool_options)
 
     by_id = {o["task_id"]: o for o in outcomes}
     difficulty = {t.task_id: t.difficulty for t in tasks}
     oracle_ran = {t: o["oracle"]["success"] for t, o in by_id.items() if o.get("oracle") is not None}
     oracle = goal_completion(oracle_ran, difficulty)
     noop = goal_completion({t: o["noop"]["success"] for t, o in by_id.items()}, difficulty)
-    split_report = {}
-    for split, ids in split_ids.items():
-        members = [by_id[t] for t in ids if t in by_id]
-        split_report[split] = {
-            "tasks": len(members),
-            "scenarios": len({t.split("_")[0] for t in ids if t in by_id}),
-            "oracle_tgc": _rates(members, "oracle")["tgc"],
-            "oracle_sgc": _rates(members, "oracle")["sgc"],
-            "noop_tgc": _rates(members, "noop")["tgc"],
-            "noop_sgc": _rates(members, "noop")["sgc"],
-        }
-    problems = []
-    for o in outcomes:
-        if o.get("oracle") is not None and (not o["oracle"]["success"] or o["oracle"].get("step_errors")):
-            problems.append({"task_id": o["task_id"], "kind": "oracle_failed" if not o["oracle"]["success"]
-                             else "oracle_step_error", **_problem_detail(o["oracle"])})
-        if o["noop"]["success"]:
-            problems.append({"task_id": o["task_id"], "kind": "noop_passed"})
-        elif o["noop"].get("error"):
-            problems.append({"task_id": o["task_id"], "kind": "noop_error", **_problem_detail(o["noop"])})
-    oracle_walls = [o["oracle"]["wall_s"] for o in outcomes if o.get("oracle") and o["oracle"].get("wall_s")]
-    noop_walls = [o["noop"]["wall_s"] for o in outcomes if o["noop"].get("wall_s")]
     apps = sorted({a for t in tasks for a in t.apps})
     return {
         "root": str(root),
@@ -235,7 +259,7 @@ def verify_world(
         "scenarios": len({t.scenario_id for t in tasks}),
         "apps": len(apps),
         "app_names": apps,
-        "splits": split_report,
+        "splits": _split_rates(split_ids, by_id),
         "oracle_tgc": oracle["tgc"],
         "oracle_sgc": oracle["sgc"],
         "oracle_by_difficulty": oracle["by_difficulty"],
@@ -243,11 +267,11 @@ def verify_world(
         "noop_tgc": noop["tgc"],
         "noop_sgc": noop["sgc"],
         "preamble": preamble is not None,
-        "problems": problems,
+        "problems": _problems(outcomes),
         "pool": pool_stats,
         "wall_s": round(wall_s, 2),
-        "mean_oracle_episode_s": round(sum(oracle_walls) / len(oracle_walls), 3) if oracle_walls else None,
-        "mean_noop_episode_s": round(sum(noop_walls) / len(noop_walls), 3) if noop_walls else None,
+        "mean_oracle_episode_s": _mean_wall(outcomes, "oracle"),
+        "mean_noop_episode_s": _mean_wall(outcomes, "noop"),
     }
 
 
