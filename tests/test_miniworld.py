@@ -201,3 +201,27 @@ def test_wrong_answer_and_collateral_damage_fail(mini_world_root, tasks):
         # Doing the task twice adds a second message: collateral damage.
         twice = _episode(pool, send["task_id"], plan(send)[:-1] + plan(send))
         assert not twice["success"]
+
+
+def test_the_built_in_grid_passes_its_own_checks():
+    families.check_grid()
+
+
+@pytest.mark.parametrize(("cell", "why"), [
+    (("count_flag", "contacts", "train"), "contacts collection has no flag"),  # would ask "... are ?"
+    (("update_keyword", "drafts", "train"), "drafts collection has no flag"),  # was a bare IndexError
+    (("count_and_message", "notes-pay", "test_challenge"), "'pay' is not a message action"),  # became an email task
+    (("direct_send", "fax", "train"), "'fax' is not a send action"),
+    (("create_item", "recipes", "train"), "'recipes' is not a collection"),
+    (("count_keyword", "notes", "holdout"), "split 'holdout' is not one of"),  # tasks without datasets/holdout.txt
+    (("no_such_family", "notes", "train"), "no family 'no_such_family'"),
+])
+def test_a_cell_the_families_cannot_build_fails_before_the_build_naming_it(cell, why):
+    with pytest.raises(families.CellError) as caught:
+        families.check_grid([cell])
+    assert f"cell ({', '.join(cell)})" in str(caught.value) and why in str(caught.value)
+
+
+def test_a_cell_given_twice_is_refused():
+    with pytest.raises(families.CellError, match="appears twice"):
+        families.check_grid([("count_keyword", "notes", "train"), ("count_keyword", "notes", "dev")])

@@ -564,12 +564,78 @@ SCENARIOS = (
 )
 
 
+class CellError(ValueError):
+    """A scenario cell the families cannot build a sound task for; the message names the cell and why."""
+
+
+VENMO_AGGREGATES = ("sumsent", "countdesc", "maxreceived")
+MESSAGE_ACTIONS = ("text", "email")  # what count_and_message can send
+
+
+def _collection_problem(key: str, *needed: str) -> str | None:
+    coll = COLLECTIONS.get(key)
+    if coll is None:
+        return f"'{key}' is not a collection (known: {', '.join(sorted(COLLECTIONS))})"
+    missing = [name for name in needed if not getattr(coll, name)]
+    if missing:
+        return f"the {coll.plural} collection has no {' / '.join(missing)} (catalog.py), which this family needs"
+    return None
+
+
+def _choice_problem(key: str, known, what: str) -> str | None:
+    return None if key in known else f"'{key}' is not a {what} this family knows (known: {', '.join(sorted(known))})"
+
+
+def _count_and_message_problem(key: str) -> str | None:
+    code, _, action = key.partition("-")
+    return (_collection_problem(code) or _choice_problem(action, MESSAGE_ACTIONS, "message action")
+            if action else f"'{key}' is not '<collection>-<text|email>'")
+
+
+# family -> (cell key -> why it cannot be built, or None). A cell the builders cannot support would
+# otherwise become a broken task without a word (an empty flag, another app's action, an IndexError).
+CELL_PROBLEMS: dict[str, Callable[[str], str | None]] = {
+    "count_keyword": lambda key: _collection_problem(key),
+    "count_flag": lambda key: _collection_problem(key, "flag", "flag_adjective"),
+    "delete_keyword": lambda key: _collection_problem(key, "delete_api"),
+    "update_keyword": lambda key: _collection_problem(key, "flag", "update_verb", "update_api"),
+    "create_item": lambda key: _collection_problem(key, "create_api") or _choice_problem(
+        key, CREATE_FIELDS.keys() & CREATE_PHRASING.keys(), "collection to create in"),
+    "venmo_aggregate": lambda key: _choice_problem(key, VENMO_AGGREGATES, "Venmo aggregate"),
+    "direct_send": lambda key: _choice_problem(key, DIRECT_PHRASING.keys() & ACTION_APP.keys(), "send action"),
+    "lookup_send": lambda key: _choice_problem(key, LOOKUP_PHRASING.keys() & ACTION_APP.keys(), "send action"),
+    "lookup_send_log": lambda key: _choice_problem(key, LOG_PHRASING.keys() & ACTION_APP.keys(), "send action"),
+    "list_to_note": lambda key: _collection_problem(key),
+    "count_and_message": _count_and_message_problem,
+}
+
+
+def check_grid(scenarios=None, splits=SPLITS) -> None:
+    """Refuse, before anything is built, a grid with an unknown family, a duplicate or unsupported
+    cell, or a split that would get task folders but no ``datasets/<split>.txt``."""
+    seen = set()
+    for family_name, key, split in SCENARIOS if scenarios is None else scenarios:
+        cell = f"cell ({family_name}, {key}, {split})"
+        if family_name not in FAMILIES:
+            raise CellError(f"{cell}: no family '{family_name}' (known: {', '.join(sorted(FAMILIES))})")
+        if split not in splits:
+            raise CellError(f"{cell}: split '{split}' is not one of {', '.join(splits)}; its tasks would "
+                            "have no datasets/<split>.txt")
+        if (family_name, key) in seen:
+            raise CellError(f"{cell}: the cell appears twice; its task ids would collide")
+        seen.add((family_name, key))
+        problem = CELL_PROBLEMS.get(family_name, lambda _key: None)(key)
+        if problem:
+            raise CellError(f"{cell}: {problem}")
+
+
 def scenario_id(family: Family, key: str) -> str:
     """AppWorld task ids hold exactly one '_' (scenario_variant), so ids are alphanumeric."""
     return family.code + "".join(ch for ch in key if ch.isalnum())
 
 
 def all_tasks(seed: int = 0) -> list[dict]:
+    check_grid()
     tasks = []
     for family_name, key, split in SCENARIOS:
         family = FAMILIES[family_name]
