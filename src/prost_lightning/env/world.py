@@ -57,7 +57,7 @@ def resolve_root(root: str | os.PathLike | None = None) -> Path:
 
 # -- build --------------------------------------------------------------------------------------
 
-def build(root: str | None = None, seed: int = 0) -> dict:
+def build(root: str | None = None, seed: int = 0, cells: str | None = None) -> dict:
     """Build the mini-world (our AppWorld tasks) into a data root, replacing it atomically.
 
     Runs the builder (env/miniworld/build.py) with the AppWorld interpreter and prints its
@@ -66,13 +66,14 @@ def build(root: str | None = None, seed: int = 0) -> dict:
     Args:
         root: the world root to (re)create (default: worlds/mini)
         seed: the seed the task variants are drawn with (same seed, same world)
+        cells: an extension file (YAML) of extra cells and new splits, see docs/miniworld.md
     """
     from .miniworld import MiniWorldBuildError
     from .miniworld import build as build_miniworld
 
     target = Path(root).resolve() if root else project_root() / DEFAULT_MINI_ROOT
     try:
-        summary = build_miniworld(target, seed)
+        summary = build_miniworld(target, seed, extension=cells)
     except MiniWorldBuildError as error:
         raise WorldError(str(error)) from None
     print(jsonlib.dumps(summary))

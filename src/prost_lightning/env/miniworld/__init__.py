@@ -18,18 +18,60 @@ class MiniWorldBuildError(RuntimeError):
     """The builder failed; the message carries its stderr tail."""
 
 
-def build(root: str | Path, seed: int = 0, timeout_s: float = BUILD_TIMEOUT_S) -> dict:
+def read_extension(path: str | Path) -> dict:
+    """An extension file (YAML or JSON) -> {"cells": [[family, key, split], ...], "splits": [...]},
+    checked against the families before the AppWorld builder starts.
+
+        splits: [test_custom]                # new split names (each gets datasets/<name>.txt)
+        cells:                               # (family, cell key, split) added to SCENARIOS
+          - {family: count_and_message, key: alarms-email, split: test_custom}
+    """
+    import yaml
+
+    from . import families
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise MiniWorldBuildError(f"{path}: cannot read the extension file ({error})") from None
+    if not isinstance(raw, dict) or set(raw) - {"cells", "splits"}:
+        raise MiniWorldBuildError(f"{path}: an extension file has the keys 'cells' and 'splits' only")
+    splits = [str(s) for s in raw.get("splits") or []]
+    cells = []
+    for i, cell in enumerate(raw.get("cells") or []):
+        if not isinstance(cell, dict) or set(cell) != {"family", "key", "split"}:
+            raise MiniWorldBuildError(f"{path}: cells[{i}] must have exactly family, key and split; got {cell!r}")
+        cells.append([str(cell["family"]), str(cell["key"]), str(cell["split"])])
+    try:
+        families.check_grid((*families.SCENARIOS, *map(tuple, cells)), (*families.SPLITS, *splits))
+    except families.CellError as error:
+        raise MiniWorldBuildError(f"{path}: {error}") from None
+    return {"cells": cells, "splits": splits}
+
+
+def build(root: str | Path, seed: int = 0, timeout_s: float = BUILD_TIMEOUT_S,
+          extension: str | Path | None = None) -> dict:
     """Build the mini-world data root at `root` (replaced atomically); returns the build summary.
 
-    The summary is the builder's JSON line: root, tasks, scenarios and timings.
+    The summary is the builder's JSON line: root, tasks, scenarios and timings. ``extension``: a
+    file of extra cells and splits (:func:`read_extension`).
     """
+    import tempfile
+
     from prost_lightning.env.runtime import appworld_python
 
+    cells = read_extension(extension) if extension is not None else None  # a bad file fails before AppWorld
     command = [str(appworld_python()), str(BUILD_SCRIPT), "--root", str(root), "--seed", str(seed)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as error:
-        raise MiniWorldBuildError(f"mini-world build timed out after {timeout_s:g} s") from error
+    with tempfile.TemporaryDirectory(prefix="prost-miniworld-") as scratch:
+        if cells is not None:
+            extension_json = Path(scratch) / "extension.json"
+            extension_json.write_text(json.dumps(cells))
+            command += ["--extension", str(extension_json)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as error:
+            raise MiniWorldBuildError(f"mini-world build timed out after {timeout_s:g} s") from error
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise MiniWorldBuildError(f"mini-world build failed (exit {done.returncode}):\n{tail}")

@@ -202,7 +202,11 @@ class RefusedRoot(Exception):
     """The target exists and is not a mini-world: replacing it could destroy real AppWorld data."""
 
 
-def build(root: Path, seed: int) -> dict:
+def build(root: Path, seed: int, extension: dict | None = None) -> dict:
+    """``extension``: {"cells": [[family, key, split], ...], "splits": [name, ...]} added to the grid."""
+    extension = extension or {}
+    cells, new_splits = tuple(extension.get("cells", ())), tuple(extension.get("splits", ()))
+    families.check_grid((*families.SCENARIOS, *(tuple(c) for c in cells)), (*families.SPLITS, *new_splits))
     started = time.perf_counter()
     root = root.resolve()
     if root.exists() and any(root.iterdir()) and not (root / MARKER).is_file():
@@ -229,7 +233,7 @@ def build(root: Path, seed: int) -> dict:
         freezer = set_local_date_and_time(datetime.fromisoformat(catalog.TASK_DATETIME))
         try:
             user_ids = build_base_dbs(data, all_apps, apps_no_admin)
-            tasks = families.all_tasks(seed)
+            tasks = families.all_tasks(seed, cells, new_splits)
             for task in tasks:
                 build_task(data, task, user_ids, all_apps)
         finally:
@@ -237,7 +241,7 @@ def build(root: Path, seed: int) -> dict:
         # The frozen clock stands still, so only the unfrozen phases can be timed inside.
         timings["dbs_and_tasks_s"] = (time.perf_counter() - started - timings["api_docs_s"]
                                       - timings["import_s"])
-        for split in families.SPLITS:
+        for split in (*families.SPLITS, *new_splits):
             ids = [t["task_id"] for t in tasks if t["split"] == split]
             (data / "datasets").mkdir(parents=True, exist_ok=True)
             (data / "datasets" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
@@ -261,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="the data root to (re)create")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extension", type=Path, help="JSON file of extra cells and splits")
     args = parser.parse_args(argv)
+    extension = json.loads(args.extension.read_text()) if args.extension else None
     try:
-        summary = build(args.root, args.seed)
-    except RefusedRoot as error:
+        summary = build(args.root, args.seed, extension)
+    except (RefusedRoot, families.CellError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary), flush=True)

@@ -634,10 +634,13 @@ def scenario_id(family: Family, key: str) -> str:
     return family.code + "".join(ch for ch in key if ch.isalnum())
 
 
-def all_tasks(seed: int = 0) -> list[dict]:
-    check_grid()
+def all_tasks(seed: int = 0, cells: tuple = (), splits: tuple = ()) -> list[dict]:
+    """Every task of the grid: ``SCENARIOS`` plus extension ``cells`` ((family, key, split) each),
+    whose splits may be ``SPLITS`` or the extension's new ``splits``."""
+    grid = (*SCENARIOS, *(tuple(cell) for cell in cells))
+    check_grid(grid, (*SPLITS, *splits))
     tasks = []
-    for family_name, key, split in SCENARIOS:
+    for family_name, key, split in grid:
         family = FAMILIES[family_name]
         scenario = scenario_id(family, key)
         for variant in range(VARIANTS):
