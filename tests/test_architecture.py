@@ -108,3 +108,15 @@ def test_prost_help_does_not_import_torch(argv):
     loaded = loaded_after(code)
     assert "prost_lightning" in loaded
     assert not loaded & {"torch", "lightning"}, f"prost {' '.join(argv)} loads {sorted(loaded & {'torch', 'lightning'})}"
+
+
+FOUNDATIONS = ["errors.py", "files.py", "metrics.py", "peak_memory.py", "trajectory.py"]
+
+
+@pytest.mark.parametrize("name", FOUNDATIONS)
+def test_foundation_modules_import_no_other_layer(name):
+    """What every layer may use depends on nothing but the error types."""
+    path = PACKAGE / name
+    ours = {n for n in imported_names(path) if n.split(".")[0] == "prost_lightning"}
+    others = {n for n in ours if n != "prost_lightning.errors" and not n.startswith("prost_lightning.errors.")}
+    assert not others, f"{name} imports {sorted(others)}"
