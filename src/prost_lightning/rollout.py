@@ -28,7 +28,7 @@ from lightning.pytorch.callbacks import Callback
 
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
 from prost_lightning.agents.episode_summary import episode_progress, flat_metrics, format_summary, summarize
-from prost_lightning.agents.factory import model_policies
+from prost_lightning.agents.factory import LOCAL_ENGINES, model_policies
 from prost_lightning.errors import ConfigError
 from prost_lightning.rundir import run_dir
 from prost_lightning.trajectory import Trajectory, write_trajectories
@@ -49,6 +49,7 @@ class RolloutCallback(Callback):
         limits: Limits | None = None,
         prices: dict[str, list[float]] | None = None,
         max_batch_size: int = 8,
+        engine: str = "hf",
         prompt_dir: str | None = None,
         tools: str = "miniworld",
         step_timeout_s: int = 20,
@@ -66,7 +67,9 @@ class RolloutCallback(Callback):
             pool_size: AppWorld servers = episodes played concurrently (generation is batched across them).
             limits: episode budgets (sub-tasks, steps per sub-task, tokens per call, env steps).
             prices: {role: [USD per 1k prompt tokens, USD per 1k completion tokens]} for rollout/cost.
-            max_batch_size: generation batch size per role.
+            max_batch_size: rows generated together (all roles share one batch with ``engine: hf``).
+            engine: hf (in-process, prefix caches, one mixed-adapter batch for all roles) |
+                hf_generate (plain ``generate`` per role, the reference path).
             prompt_dir: folder whose .txt files replace the built-in prompts of the same name.
             tools: tool sheet in the prompts: miniworld | appworld.
             step_timeout_s: AppWorld's limit per code execution.
@@ -85,6 +88,9 @@ class RolloutCallback(Callback):
         self.limits = limits or Limits()
         self.cost = CostModel(prices={k: tuple(v) for k, v in (prices or {}).items()})
         self.max_batch_size = max_batch_size
+        if engine not in LOCAL_ENGINES:
+            raise ConfigError(f"RolloutCallback.engine: '{engine}' is unknown; use one of {LOCAL_ENGINES}")
+        self.engine = engine
         self.prompts = PromptSet(prompt_dir, tools=tools)
         self.step_timeout_s = step_timeout_s
         self.progress = progress
@@ -158,7 +164,7 @@ class RolloutCallback(Callback):
         roles = system_roles(self.system)
         policies = model_policies(pl_module.model, pl_module.tokenizer, roles, pl_module.adapter_name,
                                   num_parameters=getattr(pl_module, "num_base_parameters", None),
-                                  max_batch_size=self.max_batch_size)
+                                  max_batch_size=self.max_batch_size, engine=self.engine)
         pool = self._ensure_pool(trainer)
         epoch = trainer.current_epoch
         trajectories: list[Trajectory] = []

@@ -17,6 +17,7 @@ happened into a :class:`~prost_lightning.trajectory.Trajectory` in the training 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ class EpisodeStop(Exception):
 
 Request = EnvCall | GenerationRequest
 
+_episode_ids = itertools.count()
+
 
 class Episode:
     """State of one task being solved by one system; ``run()`` is the generator the runner drives."""
@@ -122,6 +125,7 @@ class Episode:
         self.role_parameters = role_parameters or {}
         self.preamble = preamble
         self.teacher = teacher
+        self.key = f"ep{next(_episode_ids)}:{task.task_id}/"  # prefix of its conversations' cache ids
         self.conversations: list[Conversation] = []
         self.subtasks: list[SubTask] = []  # the system fills it (the plan it followed)
         self.env_steps = 0
@@ -162,10 +166,12 @@ class Episode:
         ``code_turn``: the reply is read as a code action, so a policy may stop generating at the
         close of its first code block (``GenerationRequest.stop_after_code``).
         """
+        number = next((i for i, c in enumerate(self.conversations) if c.messages is messages), len(self.conversations))
         request = GenerationRequest(
             role=role, messages=[{"role": m.role, "content": m.content} for m in messages],
             max_new_tokens=self.limits.role_max_new_tokens.get(role, self.limits.max_new_tokens),
-            view=EpisodeView(self.task, subtask, step, self.last_observation), stop_after_code=code_turn)
+            view=EpisodeView(self.task, subtask, step, self.last_observation), stop_after_code=code_turn,
+            conversation=f"{self.key}{number}")
         generation: Generation = yield request
         self._account(role, generation)
         return generation.text.strip()
@@ -213,9 +219,10 @@ class Episode:
         self.prompt_tokens[role] = self.prompt_tokens.get(role, 0) + generation.prompt_tokens
         self.completion_tokens[role] = self.completion_tokens.get(role, 0) + generation.completion_tokens
         params = self.cost.parameters.get(role) or self.role_parameters.get(role) or 0
-        # every call re-reads its prompt (no cache across calls); the KV cache makes each generated
-        # token cost one forward step, so tokens processed = prompt + completion
-        self.flops += estimate_flops(params, generation.prompt_tokens + generation.completion_tokens)
+        # tokens processed = the prompt tokens not served from the policy's prefix cache + one forward
+        # step per generated token (the KV cache within a call)
+        processed = generation.prompt_tokens - generation.cached_tokens + generation.completion_tokens
+        self.flops += estimate_flops(params, processed)
         p_in, p_out = self.cost.price(role)
         self.usd += (generation.prompt_tokens * p_in + generation.completion_tokens * p_out) / 1000
 

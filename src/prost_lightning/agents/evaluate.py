@@ -37,6 +37,7 @@ def evaluate_system(
     dtype: str = "float32",
     device: str = "auto",
     max_batch_size: int = 8,
+    engine: str = "hf",
     prompt_dir: str | None = None,
     tools: str = "miniworld",
     out: str | None = None,
@@ -59,7 +60,9 @@ def evaluate_system(
         prices: {role: [USD per 1k prompt tokens, USD per 1k completion tokens]} for the cost column.
         dtype: float32 | bfloat16 | float16 (adapters only; a checkpoint keeps its own).
         device: auto (cuda when available) | cpu | cuda | cuda:N.
-        max_batch_size: generation batch size per role.
+        max_batch_size: rows generated together (all roles share one batch with ``engine: hf``).
+        engine: hf (in-process, prefix caches, one mixed-adapter batch for all roles) | hf_generate
+            (plain ``generate`` per role, the reference path).
         prompt_dir: folder whose .txt files replace the built-in prompts of the same name.
         tools: tool sheet in the prompts: miniworld | appworld.
         out: optionally write every episode's trajectory here (atomic).
@@ -79,7 +82,7 @@ def evaluate_system(
     if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
         model.to(device)
     policies = model_policies(model, tokenizer, roles, adapter_for, num_parameters=num_parameters,
-                              max_batch_size=max_batch_size)
+                              max_batch_size=max_batch_size, engine=engine)
     prompts = PromptSet(prompt_dir, tools=tools)
     tasks = load_tasks(root_path, split, task_ids, max_tasks)
     trajectories: list[Trajectory] = []

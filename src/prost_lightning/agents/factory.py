@@ -42,15 +42,32 @@ def make_policies(kind: str, roles: Sequence[str], *, prompts: PromptSet | None 
     raise ConfigError(f"policy kind '{kind}' is unknown; use oracle | openai | always_wrong")
 
 
+LOCAL_ENGINES = ("hf", "hf_generate")
+
+
 def model_policies(model, tokenizer, roles: Sequence[str], adapter_for=None, *,
                    num_parameters: int | None = None, max_batch_size: int = 8,
-                   do_sample: bool = False) -> dict[str, Policy]:
-    """Local HF policies sharing one (PEFT) model: ``adapter_for(role)`` names each role's adapter.
+                   do_sample: bool = False, temperature: float = 1.0, engine: str = "hf",
+                   seed: int = 0) -> dict[str, Policy]:
+    """Local policies sharing one (PEFT) model: ``adapter_for(role)`` names each role's adapter.
 
-    With a RoleLoRAModule: ``model_policies(m.model, m.tokenizer, roles, m.adapter_name,
-    num_parameters=m.num_base_parameters)``.
+    ``engine``: ``hf`` (default) = one :class:`LocalEngine` for all roles (prefix caches, one
+    mixed-adapter batch); ``hf_generate`` = one plain-``generate`` :class:`HFPolicy` per role
+    (the reference path). With a RoleLoRAModule: ``model_policies(m.model, m.tokenizer, roles,
+    m.adapter_name, num_parameters=m.num_base_parameters)``.
     """
-    from .hf_policy import HFPolicy
+    if engine == "hf":
+        from .local_engine import LocalEngine
 
-    return {r: HFPolicy(model, tokenizer, adapter_for(r) if adapter_for else None, do_sample=do_sample,
-                        max_batch_size=max_batch_size, num_parameters=num_parameters) for r in roles}
+        shared = LocalEngine(model, tokenizer, {r: adapter_for(r) if adapter_for else None for r in roles},
+                             do_sample=do_sample, temperature=temperature, max_batch_size=max_batch_size,
+                             num_parameters=num_parameters, seed=seed)
+        return {r: shared for r in roles}
+    if engine == "hf_generate":
+        from .hf_policy import HFPolicy
+
+        return {r: HFPolicy(model, tokenizer, adapter_for(r) if adapter_for else None, do_sample=do_sample,
+                            temperature=temperature, max_batch_size=max_batch_size, num_parameters=num_parameters)
+                for r in roles}
+    raise ConfigError(f"engine '{engine}' is not a local engine; use one of {LOCAL_ENGINES} "
+                      "(or engine: vllm with a served model)")

@@ -1,4 +1,9 @@
-"""Local Hugging Face generation: one role = the shared base model with that role's LoRA adapter.
+"""Plain Hugging Face ``generate``, one role per policy: the reference path of local rollouts.
+
+Rollouts use :class:`~prost_lightning.agents.local_engine.LocalEngine` by default (prefixes cached,
+all roles in one batch); this policy is the plain path it is checked against (same greedy
+actions) and benchmarked against (``prost bench --only rollout_engines``), chosen with
+``engine: hf_generate``. Each call re-reads the whole conversation.
 
 The requests of one call are rendered with the tokenizer's chat template (generation prompt
 added), left-padded into one batch and generated together with the KV cache; greedy by default.
@@ -43,16 +48,7 @@ class HFPolicy(Policy):
         self.max_batch_size = max(1, max_batch_size)
         self.num_parameters = num_parameters or sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
         self.name = f"hf:{adapter}" if adapter else "hf"
-        self.stop_ids = self._stop_token_ids(tokenizer)
-
-    @staticmethod
-    def _stop_token_ids(tokenizer) -> list[int]:
-        ids = {tokenizer.eos_token_id}
-        for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
-            tid = tokenizer.convert_tokens_to_ids(token)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-                ids.add(tid)
-        return sorted(i for i in ids if i is not None)
+        self.stop_ids = stop_token_ids(tokenizer)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         out: list[Generation] = []
@@ -81,7 +77,7 @@ class HFPolicy(Policy):
             kwargs["stopping_criteria"] = StoppingCriteriaList([code_stop])
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
-        with self._adapter_active(), _eval_mode(self.model):
+        with self._adapter_active(), eval_mode(self.model):
             sequences = self.model.generate(**batch, **kwargs)
         new = sequences[:, prompt_width:]
         prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()
@@ -119,8 +115,18 @@ class HFPolicy(Policy):
                 self.model.set_adapter(previous)
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """The end-of-sequence and end-of-turn tokens of the usual chat templates that the tokenizer knows."""
+    ids = {tokenizer.eos_token_id}
+    for token in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)
+
+
 @contextlib.contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     """Generation without dropout; the training mode is restored afterwards."""
     was_training = model.training
     model.eval()

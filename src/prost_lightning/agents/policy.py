@@ -7,7 +7,8 @@
 episode stands: the task (with its ground-truth plan), the sub-task index and the step inside it.
 Model policies (local HF, OpenAI-compatible HTTP) ignore it.
 
-Implementations: :class:`~prost_lightning.agents.hf_policy.HFPolicy`,
+Implementations: :class:`~prost_lightning.agents.local_engine.LocalEngine` (all roles on one local
+model, prefixes cached), :class:`~prost_lightning.agents.hf_policy.HFPolicy` (plain ``generate``),
 :class:`~prost_lightning.agents.openai_policy.OpenAIPolicy`,
 :class:`~prost_lightning.agents.oracle.OraclePolicy`, :class:`ScriptedPolicy` (tests).
 """
@@ -40,6 +41,7 @@ class GenerationRequest:
     max_new_tokens: int
     view: EpisodeView | None = None
     stop_after_code: bool = False  # a code turn: the reply may end at the close of its first code block
+    conversation: str | None = None  # stable id of the chat across calls (prefix caches key on it)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"  # "stop" | "length"
+    cached_tokens: int = 0  # prompt tokens the policy did not recompute (served from its prefix cache)
     extra: dict = field(default_factory=dict)
 
 
@@ -59,6 +62,9 @@ class Policy:
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         raise NotImplementedError
+
+    def release(self, conversation_prefix: str) -> None:
+        """The episode whose conversations start with this id has ended (caching policies free its state)."""
 
 
 class ScriptedPolicy(Policy):

@@ -7,8 +7,8 @@
 Up to ``concurrency`` (default: the pool size) episodes are alive at once, each on its own leased
 server. Every round: all pending env calls are started in worker threads (one per episode; each
 server is used by one thread at a time), meanwhile the pending generation requests are grouped by
-role and each role's policy is called once with the whole group (left-padded batched generation
-for the local model), then the env results are collected. A finished episode frees its server
+policy and each policy is called once with its whole group (the local engine serves every role
+in one batch, each row through its role's adapter), then the env results are collected. A finished episode frees its server
 for the next task. Nothing an episode does can raise out of here: server faults, policy errors
 and bugs in the loop end that episode with a recorded ``failure_reason``.
 """
@@ -98,7 +98,11 @@ def run_episodes(
     running: list[_Running] = []
     results: list[Trajectory | None] = [None] * len(tasks)
 
+    engines = list({id(p): p for p in policies.values()}.values())
+
     def finish(slot: _Running) -> None:
+        for policy in engines:
+            policy.release(slot.episode.key)
         try:
             slot.lease.__exit__(None, None, None)  # closes the world; restarts a failed server
         except Exception as error:  # the pool must not take the run down
@@ -127,12 +131,13 @@ def run_episodes(
             env_slots = [s for s in running if not s.done and isinstance(s.pending, EnvCall)]
             futures = [(s, threads.submit(_call_env, s.env, s.pending)) for s in env_slots]
 
-            by_role: dict[str, list[_Running]] = {}
+            # one call per policy object: roles served by one engine share its batch
+            by_policy: dict[int, list[_Running]] = {}
             for s in running:
                 if not s.done and isinstance(s.pending, GenerationRequest):
-                    by_role.setdefault(s.pending.role, []).append(s)
-            for role, slots in by_role.items():
-                _generate(policies[role], slots)
+                    by_policy.setdefault(id(policies[s.pending.role]), []).append(s)
+            for slots in by_policy.values():
+                _generate(policies[slots[0].pending.role], slots)
 
             for s, future in futures:
                 value, error = future.result()
