@@ -85,6 +85,7 @@ def demo(
     planner_max_new_tokens: int = 40,
     max_steps_per_subtask: int = 2,
     max_subtasks: int = 5,
+    engine: str = "hf",
 ) -> dict:
     """Run the main job end to end on the embedded defaults and write the report.
 
@@ -107,6 +108,8 @@ def demo(
         planner_max_new_tokens: generated tokens per planner call (a sub-task is one short sentence).
         max_steps_per_subtask: executor replies per sub-task (code turns + report).
         max_subtasks: sub-tasks the planner may emit per episode.
+        engine: rollout engine of both evaluations: hf (prefix caches, every role in one batch; the
+            fastest on CPU, `prost bench --only rollout_engines`) | hf_generate (plain generate).
     """
     from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits
@@ -152,7 +155,7 @@ def demo(
     def evaluate(adapters: Path, name: str) -> dict:
         return evaluate_system(system=system, split=None, root=str(root_dir), task_ids=held_out, adapters=str(adapters),
                                base_model=base_model, limits=limits, pool_size=min(pool_size, len(held_out)),
-                               max_batch_size=pool_size, dtype="bfloat16" if bf16 else "float32",
+                               max_batch_size=pool_size, engine=engine, dtype="bfloat16" if bf16 else "float32",
                                prompt_dir=prompt_dir, out=str(episodes_file(name)))
 
     untrained_dir = out_dir / "untrained_adapters"
