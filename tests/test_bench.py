@@ -18,7 +18,7 @@ from prost_lightning.errors import ConfigError
 
 # figures that may legitimately be zero or negative (a difference, a share)
 _SIGNED = ("http_overhead_",)  # differences of two timings: noise can make them negative
-_MAY_BE_ZERO = ("oracle_success_rate",)
+_MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc")  # untrained teams may solve nothing
 
 
 def _check_result(result: dict, name: str) -> None:
@@ -92,6 +92,18 @@ def test_rollouts_quick(tmp_path, mini_world_root):
     assert {"episodes_per_min_1_server", "episodes_per_min_2_servers", "http_overhead_ms_noop"} <= set(figures)
 
 
+@pytest.mark.appworld
+def test_rollout_engines_quick(tmp_path, mini_world_root):
+    result = _run_quick(tmp_path, "rollout_engines", world=str(mini_world_root))
+    figures = result["figures"]
+    assert figures["identical_episodes"]["value"] == 1.0  # greedy: both engines play the same actions
+    assert figures["hf_tgc"]["value"] == figures["hf_generate_tgc"]["value"]
+    assert figures["hf_cache_share"]["value"] > 0.3
+    assert figures["hf_prompt_tokens"]["value"] == figures["hf_generate_prompt_tokens"]["value"]
+    assert figures["hf_prompt_tokens_processed"]["value"] < 0.7 * figures["hf_prompt_tokens"]["value"]
+    assert result["targets"][0]["figure"] == "speedup_hf_vs_hf_generate"
+
+
 def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark"):
         run(quick=True, only=["nope"], out=str(tmp_path))
@@ -103,4 +115,5 @@ def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     data = load(out / "results.json")
     assert data["suites"]["cuda"]["machine"]["gpu"] == "X"
     assert "## Suite: cuda" in render_markdown(data, out / "results.json")
-    assert set(BENCHMARKS) == {"train_throughput", "curriculum_cost", "rollouts", "generation", "memory"}
+    assert set(BENCHMARKS) == {"train_throughput", "curriculum_cost", "rollouts", "generation", "rollout_engines",
+                               "memory"}

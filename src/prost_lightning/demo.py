@@ -24,7 +24,7 @@ from prost_lightning.errors import ConfigError
 from prost_lightning.files import write_atomic
 
 
-def _held_out_tasks(root: Path, split: str, scenarios: int | None) -> list[str]:
+def held_out_tasks(root: Path, split: str, scenarios: int | None) -> list[str]:
     """All variants of the first `scenarios` scenarios of the split (SGC needs whole scenarios)."""
     from prost_lightning.env.tasks import load_task_ids
 
@@ -145,7 +145,7 @@ def demo(
 
     limits = Limits(max_subtasks=max_subtasks, max_steps_per_subtask=max_steps_per_subtask,
                     max_new_tokens=max_new_tokens, role_max_new_tokens={"planner": planner_max_new_tokens})
-    held_out = _held_out_tasks(root_dir, eval_split, eval_scenarios)
+    held_out = held_out_tasks(root_dir, eval_split, eval_scenarios)
     bf16 = fast_bf16() if precision == "auto" else precision.startswith("bf16")
     precision = precision if precision != "auto" else ("bf16-mixed" if bf16 else "32-true")
 

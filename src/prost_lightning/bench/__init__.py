@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, str] = {
     "curriculum_cost": "prost_lightning.bench.curriculum_cost",
     "rollouts": "prost_lightning.bench.rollouts",
     "generation": "prost_lightning.bench.generation",
+    "rollout_engines": "prost_lightning.bench.rollout_engines",
     "memory": "prost_lightning.bench.memory",
 }
 
@@ -66,7 +67,7 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
     Args:
         quick: small settings (tiny model, a few steps): seconds per benchmark; a smoke test, not figures to quote.
         only: run only these benchmarks, one name or a comma-separated list (train_throughput,
-            curriculum_cost, rollouts, generation,
+            curriculum_cost, rollouts, generation, rollout_engines,
             memory); default all.
         out: folder for results.json.
         report: the Markdown report to (re)write from results.json; empty string to skip.
