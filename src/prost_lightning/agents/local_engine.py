@@ -128,11 +128,16 @@ class LocalEngine(Policy):
         started = time.monotonic()
         out: list[Generation | None] = [None] * len(requests)
         rows = [self._row(i, r) for i, r in enumerate(requests)]
-        with eval_mode(self.model), torch.no_grad():
-            for start in range(0, len(rows), self.max_batch_size):
-                group = rows[start:start + self.max_batch_size]
-                for row, generation in zip(group, self._generate_group(group), strict=True):
-                    out[row.index] = generation
+        previous = getattr(self.model, "active_adapter", None) if self.mixed else None
+        try:
+            with eval_mode(self.model), torch.no_grad():
+                for start in range(0, len(rows), self.max_batch_size):
+                    group = rows[start:start + self.max_batch_size]
+                    for row, generation in zip(group, self._generate_group(group), strict=True):
+                        out[row.index] = generation
+        finally:  # training (RolloutCallback) goes on with the adapter it had
+            if isinstance(previous, str) and self.model.active_adapter != previous:
+                self.model.set_adapter(previous)
         self._evict()
         self.stats.seconds += time.monotonic() - started
         return out  # type: ignore[return-value]
@@ -228,9 +233,18 @@ class LocalEngine(Policy):
     def _forward(self, input_ids, mask, positions, cache, adapters: list[str]) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, self._cache_arg: cache,
                   "use_cache": True, "logits_to_keep": 1}
-        if self.mixed:
-            kwargs["adapter_names"] = adapters
         self.stats.forward_passes += 1
+        if not self.mixed:
+            return self.model(**kwargs).logits.float()
+        if len(set(adapters)) > 1:
+            return self.model(**kwargs, adapter_names=adapters).logits.float()
+        # one adapter for every row: PEFT's mixed-batch path loops over adapters in every layer and
+        # was measured twice as slow per decode step as the plain path, so use the plain path
+        if adapters[0] == BASE_ADAPTER:
+            with self.model.disable_adapter():
+                return self.model(**kwargs).logits.float()
+        if self.model.active_adapter != adapters[0]:
+            self.model.set_adapter(adapters[0])
         return self.model(**kwargs).logits.float()
 
     def _pick(self, logits: torch.Tensor) -> list[int]:
