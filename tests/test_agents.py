@@ -169,9 +169,11 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
             self.wfile.write(b'{"error": "bad model"}')
             return
         last = body["messages"][-1]["content"]
-        answer = {"choices": [{"message": {"role": "assistant", "content": f"echo {body['model']}: {last}"},
-                               "finish_reason": "stop"}],
-                  "usage": {"prompt_tokens": 11, "completion_tokens": 3}}
+        content = f"echo {body['model']}: {last}"
+        if last == "code":  # a server that writes on past the first code block (as vLLM does)
+            content = "I look.\n```python\nprint(1)\n```\nThen more talk\n```python\nprint(2)\n```"
+        answer = {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+                  "usage": {"prompt_tokens": 11, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 7}}}
         data = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -198,7 +200,12 @@ def test_openai_policy_against_a_local_endpoint(monkeypatch):
         requests = [GenerationRequest("executor", [{"role": "user", "content": f"q{i}"}], 32) for i in range(3)]
         out = policies["executor"].generate(requests)
         assert [g.text for g in out] == [f"echo lora-executor: q{i}" for i in range(3)]
-        assert all(g.prompt_tokens == 11 and g.completion_tokens == 3 for g in out)
+        assert all(g.prompt_tokens == 11 and g.completion_tokens == 3 and g.cached_tokens == 7 for g in out)
+        code = [GenerationRequest("executor", [{"role": "user", "content": "code"}], 32, stop_after_code=stop)
+                for stop in (True, False)]
+        cut, whole = policies["executor"].generate(code)
+        assert cut.text == "I look.\n```python\nprint(1)\n```"  # the episode reads the first block only
+        assert whole.text.endswith("print(2)\n```")
         seen = _FakeOpenAI.seen[-1]
         assert seen["path"] == "/v1/chat/completions" and seen["auth"] == "Bearer sk-test"
         assert seen["max_tokens"] == 32 and seen["temperature"] == 0.0

@@ -3,7 +3,7 @@
     prost fit --config experiments/debug.yaml            # train adapters with the curriculum
     prost validate --config ... --ckpt_path ...          # validation loss (+ rollouts if configured)
     prost world build --root worlds/mini                 # AppWorld runtime and the mini-world
-    prost collect | eval | report | inspect | model | bench | sweep | demo
+    prost collect | eval | report | inspect | model | bench | sweep | demo | serve
 
 Each verb is a typed function whose `Args:` docstring is its --help. Errors a user can fix
 (ProstError) print one message and exit 2, without a traceback.
@@ -37,6 +37,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     "bench": "prost_lightning.bench:run",
     "sweep": "prost_lightning.sweep:sweep",
     "demo": "prost_lightning.demo:demo",
+    "serve": "prost_lightning.serving.server:serve",
 }
 
 

@@ -14,8 +14,8 @@ episodes). It logs (``rank_zero_only``):
 * ``rollout/error``: 1 when the rollout itself could not run (it is then skipped, training goes on).
 
 Every episode is written to ``<run dir>/rollouts/epoch_<n>.jsonl`` (trajectory schema, atomic
-write); with a WandbLogger, a table ``rollout/episodes`` too. The server pool is started at the
-first rollout and stopped at teardown.
+write); with a WandbLogger, a table ``rollout/episodes`` too. The server pool (and, with
+``engine: vllm``, the inference server) is started at the first rollout and stopped at teardown.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class RolloutCallback(Callback):
         prices: dict[str, list[float]] | None = None,
         max_batch_size: int = 8,
         engine: str = "hf",
+        serve_args: list[str] | None = None,
+        serve_env: dict[str, str] | None = None,
         prompt_dir: str | None = None,
         tools: str = "miniworld",
         step_timeout_s: int = 20,
@@ -69,7 +71,13 @@ class RolloutCallback(Callback):
             prices: {role: [USD per 1k prompt tokens, USD per 1k completion tokens]} for rollout/cost.
             max_batch_size: rows generated together (all roles share one batch with ``engine: hf``).
             engine: hf (in-process, prefix caches, one mixed-adapter batch for all roles) |
-                hf_generate (plain ``generate`` per role, the reference path).
+                hf_generate (plain ``generate`` per role, the reference path) | vllm (a managed
+                vLLM server, `make serve-venv`: each rollout exports the current adapters and
+                loads them at runtime under a versioned name, unloading the previous ones).
+            serve_args: engine vllm: more vLLM arguments, e.g. [--gpu-memory-utilization, "0.3"]
+                to share the training GPU.
+            serve_env: engine vllm: environment of the server alone, e.g. {CUDA_VISIBLE_DEVICES: "1"}
+                to give it its own GPU.
             prompt_dir: folder whose .txt files replace the built-in prompts of the same name.
             tools: tool sheet in the prompts: miniworld | appworld.
             step_timeout_s: AppWorld's limit per code execution.
@@ -88,9 +96,11 @@ class RolloutCallback(Callback):
         self.limits = limits or Limits()
         self.cost = CostModel(prices={k: tuple(v) for k, v in (prices or {}).items()})
         self.max_batch_size = max_batch_size
-        if engine not in LOCAL_ENGINES:
-            raise ConfigError(f"RolloutCallback.engine: '{engine}' is unknown; use one of {LOCAL_ENGINES}")
+        if engine not in (*LOCAL_ENGINES, "vllm"):
+            raise ConfigError(f"RolloutCallback.engine: '{engine}' is unknown; use one of {(*LOCAL_ENGINES, 'vllm')}")
         self.engine = engine
+        self.serve_args = list(serve_args or [])
+        self.serve_env = dict(serve_env or {})
         self.prompts = PromptSet(prompt_dir, tools=tools)
         self.step_timeout_s = step_timeout_s
         self.progress = progress
@@ -98,6 +108,7 @@ class RolloutCallback(Callback):
         self.last_summary: dict | None = None
         self._pool = None
         self._tasks = None
+        self._server = None  # engine vllm: started at the first rollout, stopped at teardown
 
     # -- set-up: fail early on configuration mistakes ---------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -114,13 +125,17 @@ class RolloutCallback(Callback):
 
             require_world_root(self.root)
             appworld_python()
+            if self.engine == "vllm":
+                from prost_lightning.serving import serve_python
+
+                serve_python()  # a missing serving venv fails the fit now, not at the first rollout
             self._tasks = load_tasks(self.root, self.split, self.task_ids, self.max_tasks)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._stop_pool()
+        self._stop_servers()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
-        self._stop_pool()
+        self._stop_servers()
 
     def state_dict(self) -> dict:
         return {"validation_runs": self.validation_runs}
@@ -162,11 +177,14 @@ class RolloutCallback(Callback):
         if self._tasks is None:
             self._tasks = load_tasks(self.root, self.split, self.task_ids, self.max_tasks)
         roles = system_roles(self.system)
-        policies = model_policies(pl_module.model, pl_module.tokenizer, roles, pl_module.adapter_name,
-                                  num_parameters=getattr(pl_module, "num_base_parameters", None),
-                                  max_batch_size=self.max_batch_size, engine=self.engine)
-        pool = self._ensure_pool(trainer)
         epoch = trainer.current_epoch
+        if self.engine == "vllm":
+            policies = self._served_policies(trainer, pl_module, roles, epoch)
+        else:
+            policies = model_policies(pl_module.model, pl_module.tokenizer, roles, pl_module.adapter_name,
+                                      num_parameters=getattr(pl_module, "num_base_parameters", None),
+                                      max_batch_size=self.max_batch_size, engine=self.engine)
+        pool = self._ensure_pool(trainer)
         trajectories: list[Trajectory] = []
         with episode_progress(len(self._tasks), f"rollout {self.system} epoch {epoch}", self.progress) as bar:
             def seen(trajectory: Trajectory) -> None:
@@ -190,10 +208,33 @@ class RolloutCallback(Callback):
                                     log_dir=run_dir(trainer) / "rollouts" / "servers").start()
         return self._pool
 
-    def _stop_pool(self) -> None:
+    def _served_policies(self, trainer, pl_module, roles, epoch: int) -> dict:
+        """Export the adapters as they are now, swap them into the server under ``<adapter>-v<n>``
+        (n = this validation run: names never repeat, so a stale adapter is never served)."""
+        from prost_lightning.backbone import resolve
+        from prost_lightning.serving import InferenceServer
+
+        folder = run_dir(trainer) / "rollouts" / "adapters" / f"epoch_{epoch}"
+        exported = pl_module.export_adapters(folder)
+        if self._server is None:
+            self._server = InferenceServer(resolve(pl_module.hparams.base_model), extra_args=self.serve_args,
+                                           env=self.serve_env,
+                                           log_path=run_dir(trainer) / "rollouts" / "vllm.log").start()
+        previous = list(self._server.adapters)
+        for adapter, path in exported.items():
+            self._server.load_adapter(f"{adapter}-v{self.validation_runs}", path)
+        for name in previous:
+            self._server.unload_adapter(name)
+        return self._server.policies({r: f"{pl_module.adapter_name(r)}-v{self.validation_runs}" for r in roles},
+                                     num_parameters=getattr(pl_module, "num_base_parameters", None))
+
+    def _stop_servers(self) -> None:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     @staticmethod
     def _log_table(trainer, epoch: int, trajectories: list[Trajectory]) -> None:

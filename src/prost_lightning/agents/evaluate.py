@@ -9,10 +9,11 @@ inside Lightning.)
 
 from __future__ import annotations
 
-import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+from prost_lightning.adapters import adapters_base_model, role_adapter_folders
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
 from prost_lightning.agents.episode_summary import episode_progress, format_summary, summarize
 from prost_lightning.agents.runner import start_pool
@@ -38,6 +39,7 @@ def evaluate_system(
     device: str = "auto",
     max_batch_size: int = 8,
     engine: str = "hf",
+    serve_args: list[str] | None = None,
     prompt_dir: str | None = None,
     tools: str = "miniworld",
     out: str | None = None,
@@ -62,31 +64,23 @@ def evaluate_system(
         device: auto (cuda when available) | cpu | cuda | cuda:N.
         max_batch_size: rows generated together (all roles share one batch with ``engine: hf``).
         engine: hf (in-process, prefix caches, one mixed-adapter batch for all roles) | hf_generate
-            (plain ``generate`` per role, the reference path).
+            (plain ``generate`` per role, the reference path) | vllm (a managed vLLM server with one
+            LoRA per role, `make serve-venv`; needs --adapters).
+        serve_args: engine vllm: more vLLM server arguments, e.g. [--gpu-memory-utilization, "0.5"].
         prompt_dir: folder whose .txt files replace the built-in prompts of the same name.
         tools: tool sheet in the prompts: miniworld | appworld.
         out: optionally write every episode's trajectory here (atomic).
         step_timeout_s: AppWorld's limit per code execution.
         progress: show a rich progress bar.
     """
-    from prost_lightning.agents.factory import model_policies
-
     root_path = require_world_root(root)
     roles = system_roles(system)
-    model, tokenizer, adapter_for, num_parameters = load_trained(roles, adapters=adapters, ckpt_path=ckpt_path,
-                                                                 base_model=base_model, dtype=dtype)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
-        model.to(device)
-    policies = model_policies(model, tokenizer, roles, adapter_for, num_parameters=num_parameters,
-                              max_batch_size=max_batch_size, engine=engine)
     prompts = PromptSet(prompt_dir, tools=tools)
     tasks = load_tasks(root_path, split, task_ids, max_tasks)
     trajectories: list[Trajectory] = []
-    with start_pool(root_path, pool_size, step_timeout_s, None) as pool, \
+    team = trained_team(roles, engine, adapters=adapters, ckpt_path=ckpt_path, base_model=base_model, dtype=dtype,
+                        device=device, max_batch_size=max_batch_size, serve_args=serve_args)
+    with team as policies, start_pool(root_path, pool_size, step_timeout_s, None) as pool, \
             episode_progress(len(tasks), f"eval {system} on {split or 'tasks'}", progress) as bar:
         def seen(trajectory: Trajectory) -> None:
             bar.advance(trajectory)
@@ -100,6 +94,33 @@ def evaluate_system(
     summary = summarize(trajectories)
     print(format_summary(summary, title=f"{system} on {split or 'tasks'}"))
     return summary
+
+
+@contextmanager
+def trained_team(roles, engine: str = "hf", *, adapters: str | None = None, ckpt_path: str | None = None,
+                 base_model: str | None = None, dtype: str = "float32", device: str = "auto",
+                 max_batch_size: int = 8, serve_args: list[str] | None = None):
+    """{role: policy} for trained adapters on ``engine`` (hf | hf_generate in process, vllm served)."""
+    if engine == "vllm":
+        if not adapters:
+            raise ConfigError("engine vllm serves exported adapters: give --adapters <run>/adapters, not --ckpt_path")
+        from prost_lightning.serving import served_team
+
+        with served_team(adapters, roles, base_model=base_model, extra_args=serve_args or ()) as policies:
+            yield policies
+        return
+    from prost_lightning.agents.factory import model_policies
+
+    model, tokenizer, adapter_for, num_parameters = load_trained(roles, adapters=adapters, ckpt_path=ckpt_path,
+                                                                 base_model=base_model, dtype=dtype)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not getattr(model, "is_loaded_in_4bit", False) and not getattr(model, "is_loaded_in_8bit", False):
+        model.to(device)
+    yield model_policies(model, tokenizer, roles, adapter_for, num_parameters=num_parameters,
+                         max_batch_size=max_batch_size, engine=engine)
 
 
 def load_trained(roles, *, adapters: str | None = None, ckpt_path: str | None = None,
@@ -124,30 +145,20 @@ def load_trained(roles, *, adapters: str | None = None, ckpt_path: str | None = 
 
     from prost_lightning import backbone
 
-    folder = Path(adapters)
-    if (folder / "adapters").is_dir():
-        folder = folder / "adapters"
-    if (folder / "shared" / "adapter_config.json").is_file():
-        names = {r: "shared" for r in roles}
-    else:
-        names = {r: r for r in roles}
-        missing = [r for r in roles if not (folder / r / "adapter_config.json").is_file()]
-        if missing:
-            raise ConfigError(f"--adapters {folder}: no PEFT folder for role(s) {missing} "
-                              f"(expected {folder}/<role>/adapter_config.json)")
+    folders = role_adapter_folders(adapters, roles)
+    names = {role: path.name for role, path in folders.items()}
     if base_model is None:
-        config = json.loads((folder / next(iter(names.values())) / "adapter_config.json").read_text())
-        base_model = config.get("base_model_name_or_path")
-        if not base_model:
-            raise ConfigError(f"{folder}: adapter_config.json names no base model; pass --base_model")
+        base_model = adapters_base_model(folders)
     tokenizer = backbone.load_tokenizer(base_model)
     base = backbone.load_base_model(base_model, dtype=dtype)
     num_parameters = sum(p.numel() for p in base.parameters())
+    folders_by_name = {path.name: path for path in folders.values()}
     model = None
-    for name in dict.fromkeys(names.values()):
+    for name in folders_by_name:
         if model is None:
-            model = PeftModel.from_pretrained(base, str(folder / name), adapter_name=name)
+            model = PeftModel.from_pretrained(base, str(folders_by_name[name]), adapter_name=name)
         else:
-            model.load_adapter(str(folder / name), adapter_name=name)
+            model.load_adapter(str(folders_by_name[name]), adapter_name=name)
     model.eval()
     return model, tokenizer, names.__getitem__, num_parameters
+

@@ -1,8 +1,8 @@
 """An OpenAI-compatible chat endpoint as a policy (stdlib HTTP; OpenAI, vLLM, llama.cpp, ...).
 
-For a vLLM server that serves the base model with one LoRA per role
-(``vllm serve BASE --enable-lora --lora-modules planner=run/adapters/planner executor=...``),
-give each role its own ``model`` name (the LoRA's name) and the same ``base_url``.
+For a vLLM server that serves the base model with one LoRA per role (``prost serve``, or
+:class:`~prost_lightning.serving.InferenceServer`, which builds these policies itself), give each
+role its own ``model`` name (the LoRA's name) and the same ``base_url``.
 A batch of requests is sent concurrently (one HTTP request each, ``max_concurrency`` at a time);
 the server batches them itself.
 """
@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prost_lightning.errors import ConfigError
 
+from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, Policy, PolicyError
 
 
@@ -68,7 +69,10 @@ class OpenAIPolicy(Policy):
             try:
                 with urllib.request.urlopen(http, timeout=self.timeout_s) as response:
                     answer = json.loads(response.read())
-                return _parse(answer)
+                generation = _parse(answer)
+                if request.stop_after_code:  # the episode reads the first code block only (as local engines stop)
+                    generation.text = generation.text[: code_block_end(generation.text) or len(generation.text)]
+                return generation
             except urllib.error.HTTPError as error:
                 last_error = f"HTTP {error.code}: {error.read().decode(errors='replace')[:300]}"
                 if error.code < 500 and error.code != 429:
@@ -82,7 +86,9 @@ class OpenAIPolicy(Policy):
 def _parse(answer: dict) -> Generation:
     choice = answer["choices"][0]
     usage = answer.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}  # vLLM with --enable-prompt-tokens-details, OpenAI
     return Generation(text=choice["message"].get("content") or "",
                       prompt_tokens=int(usage.get("prompt_tokens", 0) or 0),
                       completion_tokens=int(usage.get("completion_tokens", 0) or 0),
-                      finish_reason=choice.get("finish_reason") or "stop")
+                      finish_reason=choice.get("finish_reason") or "stop",
+                      cached_tokens=int(details.get("cached_tokens", 0) or 0))

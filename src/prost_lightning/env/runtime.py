@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ProstError
+from ..process import RuntimeNotInstalled, project_root, venv_python
 
 APPWORLD_PYTHON_ENV = "PROST_APPWORLD_PYTHON"
 APPWORLD_VENV_DIRNAME = ".venv-appworld"
@@ -19,30 +19,19 @@ APPWORLD_VENV_DIRNAME = ".venv-appworld"
 PREAMBLE_PATH = Path(__file__).with_name("preamble.py")
 
 
-class AppWorldNotInstalled(ProstError, RuntimeError):
+class AppWorldNotInstalled(RuntimeNotInstalled):
     """The AppWorld interpreter is missing; the message says how to install it."""
 
 
-def project_root() -> Path:
-    """The repository root: the folder holding src/ (this file is src/prost_lightning/env/runtime.py)."""
-    return Path(__file__).resolve().parents[3]
+__all__ = ["AppWorldNotInstalled", "appworld_available", "appworld_python", "load_preamble", "project_root"]
 
 
 def appworld_python() -> Path:
     """Path of the AppWorld venv's Python; raises AppWorldNotInstalled with the fix when absent."""
-    override = os.environ.get(APPWORLD_PYTHON_ENV)
-    if override:
-        path = Path(override)
-        where = f"${APPWORLD_PYTHON_ENV}={override}"
-    else:
-        path = project_root() / APPWORLD_VENV_DIRNAME / "bin" / "python"
-        where = str(path)
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        raise AppWorldNotInstalled(
-            f"AppWorld runtime not installed: run `make appworld` (looked for {where}; "
-            f"set {APPWORLD_PYTHON_ENV} to use another interpreter)"
-        )
-    return path
+    try:
+        return venv_python(APPWORLD_VENV_DIRNAME, APPWORLD_PYTHON_ENV, "AppWorld runtime", "make appworld")
+    except RuntimeNotInstalled as missing:
+        raise AppWorldNotInstalled(str(missing)) from None
 
 
 def load_preamble(path: str | os.PathLike | None = None) -> str | None:

@@ -5,43 +5,31 @@
     server.client.initialize(task_id)     # an EnvClient bound to server.url
     server.stop()                         # SIGTERM to its process group, SIGKILL after a grace period
 
-The process runs in its own session/process group (stopped by pid, children included), with
-``APPWORLD_ROOT`` = the world root and a private temp dir as cwd (``import appworld`` loads
-``./.env``). Every server still alive at interpreter exit is stopped by an atexit hook, and the
-launcher exits by itself when its parent process disappears.
+The process (a :class:`~prost_lightning.process.ManagedProcess`) runs in its own process group
+(stopped by pid, children included), with ``APPWORLD_ROOT`` = the world root and a private temp
+dir as cwd (``import appworld`` loads ``./.env``). Every server still alive at interpreter exit is
+stopped by an atexit hook, and the launcher exits by itself when its parent process disappears.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from ..errors import ProstError
+from ..process import ManagedProcess, free_port, read_tail
 from .client import EnvClient
 from .runtime import appworld_python
 
 _LAUNCHER = Path(__file__).with_name("_appworld_server.py")
-_LIVE: set[EnvServer] = set()
-_LIVE_LOCK = threading.Lock()
 
 
 class ServerStartError(ProstError, RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
-
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (start() retries if another process wins it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class EnvServer:
@@ -68,12 +56,12 @@ class EnvServer:
         self._workdir = Path(tempfile.mkdtemp(prefix="prost-appworld-"))
         self.log_path = Path(log_path) if log_path else self._workdir / "server.log"
         self.port: int | None = None
-        self.process: subprocess.Popen | None = None
+        self._proc: ManagedProcess | None = None
         self.startup_s: float | None = None  # seconds the last start() took
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self._proc.pid if self._proc else None
 
     @property
     def url(self) -> str:
@@ -87,18 +75,12 @@ class EnvServer:
 
     def alive(self) -> bool:
         """True while the process runs (it may still be busy or hung: see ``client.health()``)."""
-        return self.process is not None and self.process.poll() is None
+        return self._proc is not None and self._proc.alive()
 
     def exited_within(self, timeout_s: float) -> bool:
         """True if the process has exited or does within ``timeout_s`` (a dying process closes its
         sockets a moment before its exit status can be collected)."""
-        if self.process is None:
-            return True
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
+        return self._proc is None or self._proc.exited_within(timeout_s)
 
     def start(self) -> EnvServer:
         """Start the process and wait until ``GET /`` answers. Retries a lost port race twice."""
@@ -109,7 +91,8 @@ class EnvServer:
         for attempt in range(3):
             self.port = self.requested_port if (self.requested_port and attempt == 0) else free_port()
             self._spawn()
-            if self._wait_healthy(began + self.startup_timeout_s):
+            healthy = partial(EnvClient(self.url).health, timeout_s=1.0)
+            if self._proc.wait_until(healthy, began + self.startup_timeout_s):
                 self.startup_s = time.monotonic() - began
                 return self
             log = self.log_tail()
@@ -133,10 +116,7 @@ class EnvServer:
         return self.start()
 
     def log_tail(self, max_chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-max_chars:]
-        except OSError:
-            return ""
+        return read_tail(self.log_path, max_chars)
 
     def __enter__(self) -> EnvServer:
         return self.start()
@@ -146,61 +126,12 @@ class EnvServer:
 
     # -- internals ---------------------------------------------------------------------------
     def _spawn(self) -> None:
-        env = dict(os.environ, APPWORLD_ROOT=str(self.root), PYTHONUNBUFFERED="1")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                # -I: isolated mode, so the launcher's folder (our env/ package) is not on sys.path
-                [str(self.python), "-I", str(_LAUNCHER), "--port", str(self.port), "--parent-pid", str(os.getpid())]
-                + ([] if self.warm else ["--no-warm"]),
-                cwd=self._workdir,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # own process group: stopped as a unit, immune to the terminal's Ctrl-C
-            )
-        with _LIVE_LOCK:
-            _LIVE.add(self)
-
-    def _wait_healthy(self, deadline: float) -> bool:
-        client = EnvClient(self.url)
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return False
-            if client.health(timeout_s=1.0):
-                return True
-            time.sleep(0.1)
-        return False
+        # -I: isolated mode, so the launcher's folder (our env/ package) is not on sys.path
+        argv = [self.python, "-I", _LAUNCHER, "--port", self.port, "--parent-pid", os.getpid()]
+        self._proc = ManagedProcess(argv + ([] if self.warm else ["--no-warm"]), log_path=self.log_path,
+                                    cwd=self._workdir)
+        self._proc.spawn(dict(os.environ, APPWORLD_ROOT=str(self.root), PYTHONUNBUFFERED="1"))
 
     def _terminate(self, grace_s: float) -> None:
-        process, self.process = self.process, None
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
-        if process is None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)  # the group is the server's own session: pgid == pid
-            except ProcessLookupError:
-                break
-            try:
-                process.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        try:
-            process.wait(timeout=1.0)  # reap
-        except subprocess.TimeoutExpired:
-            pass
-
-
-def stop_all_servers() -> None:
-    """Stop every server this process started and has not stopped yet (atexit / signal path)."""
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for server in servers:
-        server.stop(grace_s=1.0)
-
-
-atexit.register(stop_all_servers)
+        if self._proc is not None:
+            self._proc.terminate(grace_s)
