@@ -102,6 +102,18 @@ def test_requests_joining_a_running_batch_get_plain_generate_replies(tiny_team):
     assert [g.text for g in engine.generate(again)] == [g.text for g in _plain(m, again)]
 
 
+def test_drafts_checked_in_the_decode_pass_keep_plain_generate_replies(tiny_team):
+    m = tiny_team
+    requests = _requests(3, limits=(12, 20, 7))
+    engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, draft_tokens=4, step_tokens=64)
+    fast = engine.generate(requests)
+    plain = _plain(m, requests)
+    assert [g.text for g in fast] == [g.text for g in plain]
+    assert [g.completion_tokens for g in fast] == [g.completion_tokens for g in plain]
+    assert engine.stats.draft_tokens > 0  # the chats repeat themselves: drafts were found and checked
+    assert engine.stats.forward_passes < len(requests) + sum(g.completion_tokens for g in fast)
+
+
 def test_base_model_rows_and_the_callers_state(tiny_team):
     """A role without adapter decodes through the base model next to adapter rows; training state is kept."""
     m = tiny_team

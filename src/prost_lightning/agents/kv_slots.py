@@ -7,7 +7,8 @@ tokens that copy costs more than the step's arithmetic on a CPU. Here each layer
 ``s`` (its position ids are those indices), a step writes one column per row, and attention reads
 a view of the first ``max(length)`` columns with a mask hiding each row's unused tail. Rows join
 (a prefix copied in, then prefilled in place) and leave (the last slot moves into the hole) between
-steps; buffers grow by whole chunks when a row outgrows them.
+steps; buffers grow by whole chunks when a row outgrows them. A step may feed several tokens per
+row (a token and its draft continuation); the tokens a row does not keep are cut off its length.
 
 The model sees this object as its cache: its attention layers call :meth:`update`, and the masks
 built here are 4-D, which ``transformers`` passes to attention as they are.
@@ -80,16 +81,25 @@ class SlotCache:
         self.lengths[slot] = end
         return self._mask(allowed[None, None]), positions[None]
 
-    def plan_decode(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask, position ids) for one new token of every used slot, in slot order."""
+    def plan_decode(self, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, position ids) for ``count`` new tokens of every used slot, in slot order.
+
+        Every slot's length grows by ``count``; :meth:`truncate` takes back tokens that are not kept
+        (rejected draft tokens), whose keys/values are then overwritten by later steps.
+        """
         lengths = torch.tensor(self.lengths, device=self.device)
-        width = max(self.lengths) + 1
+        width = max(self.lengths) + count
         self._reserve(self.used, width)
-        rows = torch.arange(self.used, device=self.device)
-        self._write = ("decode", rows, lengths, width)
-        allowed = torch.arange(width, device=self.device)[None, :] <= lengths[:, None]
-        self.lengths = [n + 1 for n in self.lengths]
-        return self._mask(allowed[:, None, None, :]), lengths[:, None]
+        offsets = torch.arange(count, device=self.device)
+        positions = lengths[:, None] + offsets[None, :]
+        rows = torch.arange(self.used, device=self.device)[:, None].expand(-1, count)
+        self._write = ("decode", rows, positions, width)
+        allowed = torch.arange(width, device=self.device)[None, None, :] <= positions[:, :, None]
+        self.lengths = [n + count for n in self.lengths]
+        return self._mask(allowed[:, None]), positions
+
+    def truncate(self, slot: int, length: int) -> None:
+        self.lengths[slot] = length
 
     def _mask(self, allowed: torch.Tensor) -> torch.Tensor:
         if self.boolean_mask:
@@ -105,9 +115,9 @@ class SlotCache:
             keys[slot, :, start:end] = key_states[0]
             values[slot, :, start:end] = value_states[0]
             return keys[slot:slot + 1, :, :end], values[slot:slot + 1, :, :end]
-        _, rows, lengths, width = self._write
-        keys[rows, :, lengths] = key_states[:, :, 0]
-        values[rows, :, lengths] = value_states[:, :, 0]
+        _, rows, positions, width = self._write
+        keys[rows, :, positions] = key_states.transpose(1, 2)
+        values[rows, :, positions] = value_states.transpose(1, 2)
         return keys[:self.used, :, :width], values[:self.used, :, :width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -46,6 +46,7 @@ from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, StreamingPolicy
 
 SHARED_PREFIX = "shared:"  # cache keys of system-prompt prefixes, kept across episodes
+DRAFT_NGRAMS = (3, 2)  # draft lookup: the longest of these n-grams that occurred before
 
 
 @dataclass
@@ -59,6 +60,8 @@ class EngineStats:
     forward_passes: int = 0
     seconds: float = 0.0
     evicted_entries: int = 0
+    draft_tokens: int = 0  # guessed tokens checked in decode steps
+    accepted_draft_tokens: int = 0  # of those, the ones the model itself picked (kept)
     joined_running_batch: int = 0  # requests admitted while other rows were mid-reply (continuous batching)
 
     @property
@@ -70,7 +73,8 @@ class EngineStats:
                 "cache_share": round(self.cache_share, 4), "generated_tokens": self.generated_tokens,
                 "forward_passes": self.forward_passes, "seconds": round(self.seconds, 3),
                 "generated_tokens_per_s": round(self.generated_tokens / self.seconds, 2) if self.seconds else None,
-                "evicted_entries": self.evicted_entries, "joined_running_batch": self.joined_running_batch}
+                "evicted_entries": self.evicted_entries, "draft_tokens": self.draft_tokens,
+                "accepted_draft_tokens": self.accepted_draft_tokens, "joined_running_batch": self.joined_running_batch}
 
 
 @dataclass
@@ -92,6 +96,9 @@ class _Row:
     finish: str = ""
     code_stop: bool = False
     pending: int = 0  # the next token, picked but not yet fed
+    context: list[int] = field(default_factory=list)  # prompt + generated tokens (drafts are looked up here)
+    ngrams: dict = field(default_factory=dict)  # n-gram -> index of the token after its latest occurrence
+    indexed: int = 0  # context[:indexed] is in ``ngrams``
 
 
 class LocalEngine(StreamingPolicy):
@@ -101,7 +108,8 @@ class LocalEngine(StreamingPolicy):
 
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
-                 cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0):
+                 cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
+                 draft_tokens: int = 0, step_tokens: int = 16):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -112,6 +120,10 @@ class LocalEngine(StreamingPolicy):
             cache_tokens: cap on the tokens held in the prefix cache (least recently used evicted).
             num_parameters: base parameters, for FLOPs (default: counted from the model).
             seed: seed of the sampling generator (sampling only).
+            draft_tokens: greedy decoding: up to this many tokens per row guessed from the row's
+                own context (prompt lookup) and checked in the same forward pass; 0 (default): none.
+            step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
+                near free for a few rows, not for a full batch.
         """
         self.model = model
         self.tokenizer = tokenizer
@@ -121,6 +133,8 @@ class LocalEngine(StreamingPolicy):
         self.top_p = top_p
         self.max_batch_size = max(1, max_batch_size)
         self.cache_tokens = cache_tokens
+        self.draft_tokens = 0 if do_sample else max(0, draft_tokens)
+        self.step_tokens = step_tokens
         self.num_parameters = num_parameters or sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
         self.stop_ids = set(stop_token_ids(tokenizer))
         self.mixed = hasattr(model, "peft_config")
@@ -227,27 +241,51 @@ class LocalEngine(StreamingPolicy):
         logits = self._forward(torch.tensor([row.ids[reused:]], device=self._slots.device), mask, positions,
                                [row.adapter])
         row.fed = list(row.ids)
-        row.pending = self._pick(logits[:, -1])[0]
+        row.context = list(row.ids)
+        row.pending = self._pick(logits)[0]
         self.stats.calls += 1
         self.stats.prompt_tokens += len(row.ids)
         self.stats.cached_tokens += reused
         self._remember_system_prefix(row, slot)
 
     def _decode(self) -> list[_Row]:
-        """One token for every running row; returns the rows it finished (they have left the batch)."""
+        """One forward pass for every running row; returns the rows it finished (they have left the batch).
+
+        Each row feeds its pending token and, greedy, a draft of the tokens that followed the same
+        n-gram earlier in its context; the model's own pick at every position decides how much of
+        the draft is kept, so the reply is the one token-by-token decoding gives.
+        """
         rows = self._rows
-        tokens = torch.tensor([[r.pending] for r in rows], device=self._slots.device)
-        mask, positions = self._slots.plan_decode()
-        for row in rows:
-            row.fed.append(row.pending)
-        picks = self._pick(self._forward(tokens, mask, positions, [r.adapter for r in rows])[:, -1])
-        finished = [slot for slot, (row, token) in enumerate(zip(rows, picks, strict=True)) if self._accept(row, token)]
-        for row, token in zip(rows, picks, strict=True):
-            row.pending = token
+        per_row = min(self.draft_tokens, self.step_tokens // len(rows) - 1)
+        drafts = [_draft(row, min(per_row, row.request.max_new_tokens - len(row.generated) - 1)) for row in rows]
+        count = 1 + max(len(d) for d in drafts)
+        pad = rows[0].pending  # fills short rows; its outputs are not read
+        feed = [[r.pending, *d] + [pad] * (count - 1 - len(d)) for r, d in zip(rows, drafts, strict=True)]
+        mask, positions = self._slots.plan_decode(count)
+        logits = self._forward(torch.tensor(feed, device=self._slots.device), mask, positions,
+                               [r.adapter for r in rows], keep=count)
+        picks = self._pick(logits) if count == 1 else logits.argmax(dim=-1).tolist()
+        finished = [slot for slot, row in enumerate(rows) if self._take(slot, row, drafts[slot], picks[slot])]
         done = [rows[slot] for slot in finished]
         for slot in reversed(finished):  # from the end: a removed slot is refilled by the last one
             self._finish(slot)
         return done
+
+    def _take(self, slot: int, row: _Row, draft: list[int], picks) -> bool:
+        """Accept the row's picks up to the first that differs from its draft; True when the row is finished."""
+        picks = picks if isinstance(picks, list) else [picks]
+        row.fed.append(row.pending)
+        self.stats.draft_tokens += len(draft)
+        finished = False
+        for i, token in enumerate(picks):
+            row.pending = token
+            finished = self._accept(row, token)
+            if finished or i >= len(draft) or draft[i] != token:
+                break
+            row.fed.append(token)  # the draft token fed at i + 1 was the model's pick: its keys/values hold
+            self.stats.accepted_draft_tokens += 1
+        self._slots.truncate(slot, len(row.fed))
+        return finished
 
     def _finish(self, slot: int) -> None:
         row = self._rows[slot]
@@ -256,9 +294,14 @@ class LocalEngine(StreamingPolicy):
         self._rows[slot] = self._rows[-1]
         self._rows.pop()
 
-    def _forward(self, input_ids, mask, positions, adapters: list[str]) -> torch.Tensor:
+    def _forward(self, input_ids, mask, positions, adapters: list[str], keep: int = 1) -> torch.Tensor:
+        """Logits of the last ``keep`` positions ([rows, vocab] when ``keep`` is 1, else [rows, keep, vocab])."""
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
-                  self._cache_arg: self._slots, "use_cache": True, "logits_to_keep": 1}
+                  self._cache_arg: self._slots, "use_cache": True, "logits_to_keep": keep}
+        logits = self._logits(kwargs, adapters)
+        return logits[:, -1] if keep == 1 else logits
+
+    def _logits(self, kwargs: dict, adapters: list[str]) -> torch.Tensor:
         self.stats.forward_passes += 1
         if not self.mixed:
             return self.model(**kwargs).logits.float()
@@ -288,6 +331,7 @@ class LocalEngine(StreamingPolicy):
     def _accept(self, row: _Row, token: int) -> bool:
         """Take the row's next token; True when the row is finished."""
         row.generated.append(token)
+        row.context.append(token)
         self.stats.generated_tokens += 1
         if token in self.stop_ids:
             row.finish = "stop"
@@ -363,6 +407,23 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def _draft(row: _Row, limit: int) -> list[int]:
+    """Up to ``limit`` tokens that followed the latest earlier occurrence of the context's last n-gram."""
+    if limit <= 0:
+        return []
+    context = row.context
+    for end in range(row.indexed, len(context)):  # n-gram context[end-n:end] was followed by context[end]
+        for n in DRAFT_NGRAMS:
+            if end >= n:
+                row.ngrams[tuple(context[end - n:end])] = end
+    row.indexed = len(context)
+    for n in DRAFT_NGRAMS:
+        end = row.ngrams.get(tuple(context[-n:]))
+        if end is not None:
+            return context[end:end + limit]
+    return []
 
 
 def _slot_cache(base) -> SlotCache:
