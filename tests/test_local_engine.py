@@ -11,16 +11,17 @@ import torch
 
 from prost_lightning.agents import Limits, load_tasks, run_episodes
 from prost_lightning.agents.factory import model_policies
+from prost_lightning.agents.hf_policy import HFPolicy
 from prost_lightning.agents.local_engine import LocalEngine
-from prost_lightning.agents.policy import GenerationRequest
+from prost_lightning.agents.policy import GenerationRequest, Policy
 from prost_lightning.backbone import SMOLLM2_FOLDER, models_dir
 from prost_lightning.model import LoraSettings, RoleLoRAModule
 
 ROLES = ["planner", "executor"]
 
 
-def _team(base_model: str, scale: float):
-    module = RoleLoRAModule(base_model, roles=ROLES, lora=LoraSettings(r=4, alpha=8))
+def _team(base_model: str, scale: float, role_overrides: dict | None = None):
+    module = RoleLoRAModule(base_model, roles=ROLES, lora=LoraSettings(r=4, alpha=8), role_overrides=role_overrides)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in module.model.named_parameters():
@@ -32,7 +33,8 @@ def _team(base_model: str, scale: float):
 
 @pytest.fixture(scope="module")
 def tiny_team():
-    return _team("tiny", 0.5)
+    # the planner's adapter has another rank and scaling than the executor's (stacked side by side)
+    return _team("tiny", 0.5, role_overrides={"planner": {"r": 8}})
 
 
 def _chat(role: str, task: int, turns: int) -> list[dict]:
@@ -44,21 +46,26 @@ def _chat(role: str, task: int, turns: int) -> list[dict]:
     return messages
 
 
-def _requests(turns: int) -> list[GenerationRequest]:
-    return [GenerationRequest(role=ROLES[i % 2], messages=_chat(ROLES[i % 2], i // 2, turns), max_new_tokens=12,
-                              stop_after_code=ROLES[i % 2] == "executor", conversation=f"ep{i}/0")
+def _requests(turns: int, limits=(12,)) -> list[GenerationRequest]:
+    return [GenerationRequest(role=ROLES[i % 2], messages=_chat(ROLES[i % 2], i // 2, turns),
+                              max_new_tokens=limits[i % len(limits)], stop_after_code=ROLES[i % 2] == "executor",
+                              conversation=f"ep{i}/0")
             for i in range(6)]
+
+
+def _plain(team, requests):
+    reference = model_policies(team.model, team.tokenizer, ROLES, team.adapter_name, engine="hf_generate")
+    return [g for r in requests for g in reference[r.role].generate([r])]
 
 
 def test_mixed_role_batches_equal_plain_generate_and_reuse_prefixes(tiny_team):
     m = tiny_team
     engine = model_policies(m.model, m.tokenizer, ROLES, m.adapter_name, engine="hf")["planner"]
-    reference = model_policies(m.model, m.tokenizer, ROLES, m.adapter_name, engine="hf_generate")
-    assert isinstance(engine, LocalEngine)
+    assert isinstance(engine, LocalEngine) and engine._lora is not None  # the grouped LoRA path
     for turns in (1, 2, 3):
         requests = _requests(turns)
         fast = engine.generate(requests)  # both roles in one call
-        plain = [g for r in requests for g in reference[r.role].generate([r])]
+        plain = _plain(m, requests)
         assert [g.text for g in fast] == [g.text for g in plain]
         assert [g.completion_tokens for g in fast] == [g.completion_tokens for g in plain]
         assert [g.prompt_tokens for g in fast] == [g.prompt_tokens for g in plain]
@@ -71,6 +78,84 @@ def test_mixed_role_batches_equal_plain_generate_and_reuse_prefixes(tiny_team):
     a, b = engine.generate(same_chat)
     assert a.text != b.text
     assert engine.stats.cached_tokens > 0 and 0 < engine.stats.cache_share < 1
+
+
+def test_requests_joining_a_running_batch_get_plain_generate_replies(tiny_team):
+    """Continuous batching: rows join while others decode, wait for a free row, leave as they finish."""
+    m = tiny_team
+    requests = _requests(2, limits=(3, 12, 7, 1, 12, 5))  # rows end at different steps
+    engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, max_batch_size=3)
+    tickets, replies, queue = {}, {}, list(enumerate(requests))
+    while queue or engine.busy:
+        if queue:  # one new request per step
+            index, request = queue.pop(0)
+            tickets[engine.submit(request)] = index
+        for ticket, generation in engine.step():
+            replies[tickets[ticket]] = generation
+    fast = [replies[i] for i in range(len(requests))]
+    plain = _plain(m, requests)
+    assert [g.text for g in fast] == [g.text for g in plain]
+    assert [g.completion_tokens for g in fast] == [g.completion_tokens for g in plain]
+    assert engine.stats.joined_running_batch >= 3 and not engine.busy
+    # the conversations' caches were stored from their slots: the next turn reuses them exactly
+    again = _requests(3)
+    assert [g.text for g in engine.generate(again)] == [g.text for g in _plain(m, again)]
+
+
+def test_drafts_checked_in_the_decode_pass_keep_plain_generate_replies(tiny_team):
+    m = tiny_team
+    requests = _requests(3, limits=(12, 20, 7))
+    engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, draft_tokens=4, step_tokens=64)
+    fast = engine.generate(requests)
+    plain = _plain(m, requests)
+    assert [g.text for g in fast] == [g.text for g in plain]
+    assert [g.completion_tokens for g in fast] == [g.completion_tokens for g in plain]
+    assert engine.stats.draft_tokens > 0  # the chats repeat themselves: drafts were found and checked
+    assert engine.stats.forward_passes < len(requests) + sum(g.completion_tokens for g in fast)
+
+
+def test_base_model_rows_and_the_callers_state(tiny_team):
+    """A role without adapter decodes through the base model next to adapter rows; training state is kept."""
+    m = tiny_team
+    engine = LocalEngine(m.model, m.tokenizer, {"planner": "planner", "executor": None})
+    requests = _requests(1)
+    m.model.train()
+    m.model.set_adapter("executor")
+    try:
+        fast = engine.generate(requests)
+        assert m.model.training and m.model.active_adapter == "executor"
+    finally:
+        m.model.eval()
+    with m.model.disable_adapter():
+        base = [HFPolicy(m.model, m.tokenizer).generate([r])[0] for r in requests if r.role == "executor"]
+    planner = _plain(m, [r for r in requests if r.role == "planner"])
+    assert [g.text for g in fast[1::2]] == [g.text for g in base]
+    assert [g.text for g in fast[0::2]] == [g.text for g in planner]
+
+
+def test_lora_layers_the_grouped_path_does_not_cover_take_pefts_path():
+    """LoRA with a bias is outside the grouped computation: the engine falls back on PEFT's mixed batches."""
+    from peft import LoraConfig, get_peft_model
+
+    from prost_lightning import backbone
+    from prost_lightning.agents.grouped_lora import GroupedLoRA
+
+    tokenizer = backbone.load_tokenizer("tiny")
+    config = LoraConfig(r=4, lora_alpha=8, lora_bias=True, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = get_peft_model(backbone.load_base_model("tiny"), config, adapter_name="planner")
+    model.add_adapter("executor", config)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # weights and biases
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    model.eval()
+    assert not GroupedLoRA.supports(model)
+    engine = LocalEngine(model, tokenizer, {r: r for r in ROLES})
+    assert engine._lora is None
+    requests = _requests(1)
+    reference = {r: HFPolicy(model, tokenizer, r) for r in ROLES}
+    assert [g.text for g in engine.generate(requests)] == [reference[r.role].generate([r])[0].text for r in requests]
 
 
 def test_cache_memory_is_bounded_and_released_per_episode(tiny_team):
@@ -122,6 +207,42 @@ def test_episodes_play_identically_through_both_local_paths(tiny_team, mini_worl
         assert fast.outcome == plain.outcome
         assert fast.usage.completion_tokens == plain.usage.completion_tokens
         assert fast.usage.flops < plain.usage.flops  # cached prompt tokens are not recomputed
+
+
+class _InRounds(Policy):
+    """The same engine behind the plain batch interface: the runner plays it in rounds."""
+
+    def __init__(self, engine: LocalEngine):
+        self.engine = engine
+        self.num_parameters = engine.num_parameters
+
+    def generate(self, requests):
+        return self.engine.generate(requests)
+
+    def release(self, conversation_prefix):
+        self.engine.release(conversation_prefix)
+
+
+@pytest.mark.appworld
+def test_continuous_batching_plays_the_round_loops_episodes(tiny_team, mini_world_root):
+    from prost_lightning.env.pool import ServerPool
+
+    tasks = load_tasks(mini_world_root, "dev", max_tasks=3)
+    limits = Limits(max_subtasks=2, max_steps_per_subtask=2, max_new_tokens=24)
+    engines = {mode: LocalEngine(tiny_team.model, tiny_team.tokenizer, {r: r for r in ROLES})
+               for mode in ("rounds", "continuous")}
+    played = {}
+    with ServerPool(mini_world_root, size=len(tasks), step_timeout_s=10) as pool:
+        for mode, engine in engines.items():
+            policy = _InRounds(engine) if mode == "rounds" else engine
+            played[mode] = run_episodes("planner_executor", tasks, pool, {r: policy for r in ROLES}, limits=limits)
+    assert [t.task_id for t in played["continuous"]] == [t.task_id for t in tasks]
+    for rounds, continuous in zip(played["rounds"], played["continuous"], strict=True):
+        assert _actions(continuous) == _actions(rounds)
+        assert continuous.outcome == rounds.outcome and continuous.usage.flops == rounds.usage.flops
+    assert engines["continuous"].stats.joined_running_batch > 0  # replies did join running batches
+    assert engines["rounds"].stats.joined_running_batch == 0  # each round's batch started together
+    assert not engines["continuous"].busy
 
 
 @pytest.mark.slow

@@ -10,12 +10,17 @@ follow the longest cached prefix (of the same adapter, since LoRA changes the ke
     replies = engine.generate(requests)          # requests of any roles, one call
     engine.stats.cache_share                     # prompt tokens served from cache / prompt tokens
 
-Each request is prefilled alone (its new tokens only; no padding), then all rows decode together
-in one forward pass per token, each row through its own adapter (PEFT mixed-adapter batches,
-``adapter_names``), so a planner turn does not wait for executor turns. A finished row leaves the
-batch at once. Code turns stop at the close of their first code block; other turns at their
-end-of-turn token or token limit. Memory is bounded: caches of released episodes are dropped and
-the least recently used entries are evicted past ``cache_tokens``.
+It is also a :class:`~prost_lightning.agents.policy.StreamingPolicy`: ``submit`` queues a request
+and each ``step`` admits queued requests into the running batch (prefilled alone, on their new
+tokens only, straight into a free slot of the batch cache) and decodes one token for every row.
+A finished row leaves at once and a new one can take its place on the next step (continuous
+batching: ``run_episodes`` sends a finished reply to its environment call while the other rows
+keep decoding). Each row goes through its own adapter in the same forward pass
+(:mod:`~prost_lightning.agents.grouped_lora`; PEFT's ``adapter_names`` when a model has LoRA
+layers that module does not cover). The batch cache is preallocated and written in place
+(:mod:`~prost_lightning.agents.kv_slots`). Code turns stop at the close of their first code block;
+other turns at their end-of-turn token or token limit. Memory is bounded: caches of released
+episodes are dropped and the least recently used entries are evicted past ``cache_tokens``.
 
 Greedy replies are those of :class:`~prost_lightning.agents.hf_policy.HFPolicy` (plain
 ``generate``, the reference path), up to float rounding in near-ties; ``tests/test_local_engine.py``
@@ -24,20 +29,24 @@ plays the same episodes through both and compares every action.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import itertools
 import time
-from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from .hf_policy import eval_mode, stop_token_ids
+from .grouped_lora import BASE_ADAPTER, GroupedLoRA
+from .hf_policy import stop_token_ids
+from .kv_slots import SlotCache
 from .parsing import code_block_end
-from .policy import Generation, GenerationRequest, Policy
+from .policy import Generation, GenerationRequest, StreamingPolicy
 
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 SHARED_PREFIX = "shared:"  # cache keys of system-prompt prefixes, kept across episodes
+DRAFT_NGRAMS = (3, 2)  # draft lookup: the longest of these n-grams that occurred before
 
 
 @dataclass
@@ -51,6 +60,9 @@ class EngineStats:
     forward_passes: int = 0
     seconds: float = 0.0
     evicted_entries: int = 0
+    draft_tokens: int = 0  # guessed tokens checked in decode steps
+    accepted_draft_tokens: int = 0  # of those, the ones the model itself picked (kept)
+    joined_running_batch: int = 0  # requests admitted while other rows were mid-reply (continuous batching)
 
     @property
     def cache_share(self) -> float:
@@ -61,7 +73,8 @@ class EngineStats:
                 "cache_share": round(self.cache_share, 4), "generated_tokens": self.generated_tokens,
                 "forward_passes": self.forward_passes, "seconds": round(self.seconds, 3),
                 "generated_tokens_per_s": round(self.generated_tokens / self.seconds, 2) if self.seconds else None,
-                "evicted_entries": self.evicted_entries}
+                "evicted_entries": self.evicted_entries, "draft_tokens": self.draft_tokens,
+                "accepted_draft_tokens": self.accepted_draft_tokens, "joined_running_batch": self.joined_running_batch}
 
 
 @dataclass
@@ -73,7 +86,7 @@ class _Entry:
 
 @dataclass
 class _Row:
-    index: int  # position in the caller's request list
+    ticket: int
     request: GenerationRequest
     adapter: str
     ids: list[int]  # prompt tokens
@@ -83,26 +96,34 @@ class _Row:
     finish: str = ""
     code_stop: bool = False
     pending: int = 0  # the next token, picked but not yet fed
+    context: list[int] = field(default_factory=list)  # prompt + generated tokens (drafts are looked up here)
+    ngrams: dict = field(default_factory=dict)  # n-gram -> index of the token after its latest occurrence
+    indexed: int = 0  # context[:indexed] is in ``ngrams``
 
 
-class LocalEngine(Policy):
-    """One local (PEFT) model serving several roles, with prefix reuse and mixed-adapter batches."""
+class LocalEngine(StreamingPolicy):
+    """One local (PEFT) model serving several roles, with prefix reuse and continuous mixed-adapter batches."""
 
     name = "local"
 
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
-                 cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0):
+                 cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
+                 draft_tokens: int = 0, step_tokens: int = 16):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
             tokenizer: its tokenizer (chat template required).
             adapters: role -> PEFT adapter name (None: the base model without adapter).
             do_sample: sample (``temperature``, ``top_p``) instead of greedy decoding.
-            max_batch_size: rows decoded together; more requests decode in several groups.
+            max_batch_size: rows decoded together; more requests wait for a free row.
             cache_tokens: cap on the tokens held in the prefix cache (least recently used evicted).
             num_parameters: base parameters, for FLOPs (default: counted from the model).
             seed: seed of the sampling generator (sampling only).
+            draft_tokens: greedy decoding: up to this many tokens per row guessed from the row's
+                own context (prompt lookup) and checked in the same forward pass; 0 (default): none.
+            step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
+                near free for a few rows, not for a full batch.
         """
         self.model = model
         self.tokenizer = tokenizer
@@ -112,6 +133,8 @@ class LocalEngine(Policy):
         self.top_p = top_p
         self.max_batch_size = max(1, max_batch_size)
         self.cache_tokens = cache_tokens
+        self.draft_tokens = 0 if do_sample else max(0, draft_tokens)
+        self.step_tokens = step_tokens
         self.num_parameters = num_parameters or sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
         self.stop_ids = set(stop_token_ids(tokenizer))
         self.mixed = hasattr(model, "peft_config")
@@ -119,29 +142,16 @@ class LocalEngine(Policy):
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._generator = torch.Generator().manual_seed(seed)
         self._system_ids: dict[str, list[int]] = {}
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5 renamed the cache argument; older releases only know past_key_values
-        self._cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        self._cache_arg = "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
+        self._lora = GroupedLoRA(model) if self.mixed and GroupedLoRA.supports(model) else None
+        self._slots = _slot_cache(self._base)
+        self._rows: list[_Row] = []  # the running batch, in slot order
+        self._waiting: deque[_Row] = deque()
+        self._tickets = itertools.count()
 
     # -- the Policy interface ---------------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
-        started = time.monotonic()
-        out: list[Generation | None] = [None] * len(requests)
-        rows = [self._row(i, r) for i, r in enumerate(requests)]
-        previous = getattr(self.model, "active_adapter", None) if self.mixed else None
-        try:
-            with eval_mode(self.model), torch.no_grad():
-                for start in range(0, len(rows), self.max_batch_size):
-                    group = rows[start:start + self.max_batch_size]
-                    for row, generation in zip(group, self._generate_group(group), strict=True):
-                        out[row.index] = generation
-        finally:  # training (RolloutCallback) goes on with the adapter it had
-            if isinstance(previous, str) and self.model.active_adapter != previous:
-                self.model.set_adapter(previous)
-        self._evict()
-        self.stats.seconds += time.monotonic() - started
-        return out  # type: ignore[return-value]
-
     def release(self, conversation_prefix: str) -> None:
         """Drop the caches of conversations whose key starts with ``conversation_prefix`` (an episode's)."""
         for key in [k for k in self._cache if k.startswith(conversation_prefix)]:
@@ -154,92 +164,152 @@ class LocalEngine(Policy):
     def cached_tokens(self) -> int:
         return sum(len(e.ids) for e in self._cache.values())
 
-    # -- one group of rows -------------------------------------------------------------------------
-    def _row(self, index: int, request: GenerationRequest) -> _Row:
+    # -- the StreamingPolicy interface -------------------------------------------------------------
+    def submit(self, request: GenerationRequest) -> int:
         adapter = self.adapters.get(request.role)
         prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        return _Row(index, request, adapter or BASE_ADAPTER, list(ids), code_stop=request.stop_after_code)
+        row = _Row(next(self._tickets), request, adapter or BASE_ADAPTER, list(ids), code_stop=request.stop_after_code)
+        self._waiting.append(row)
+        return row.ticket
 
-    def _generate_group(self, rows: list[_Row]) -> list[Generation]:
-        device = next(self.model.parameters()).device
-        firsts = [self._prefill(row, device) for row in rows]
-        # the batch cache: each row's keys/values right-aligned, zero-masked on the left
-        width = max(len(r.fed) for r in rows)
-        layers = len(firsts[0][1])
-        batch_kv = []
-        for layer in range(layers):
-            k0, v0 = firsts[0][1][layer]
-            keys = k0.new_zeros((len(rows), k0.shape[1], width, k0.shape[3]))
-            values = v0.new_zeros((len(rows), v0.shape[1], width, v0.shape[3]))
-            for b, (_, kv) in enumerate(firsts):
-                n = kv[layer][0].shape[2]
-                keys[b, :, width - n:] = kv[layer][0][0]
-                values[b, :, width - n:] = kv[layer][1][0]
-            batch_kv.append((keys, values))
-        del firsts[:]  # per-row prefill caches are copied: free them
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for b, r in enumerate(rows):
-            mask[b, width - len(r.fed):] = 1
-        cache = _dynamic_cache(batch_kv)
-        active = list(range(len(rows)))  # batch position -> row index
-        next_tokens = [r.pending for r in rows]
-        while True:
-            keep = []
-            for b, ri in enumerate(active):
-                row = rows[ri]
-                if not self._accept(row, next_tokens[b]):
-                    keep.append(b)
-            finished = [b for b in range(len(active)) if b not in keep]
-            for b in finished:
-                self._store(rows[active[b]], cache, b, mask)
-            if not keep:
-                break
-            if finished:
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask = mask[index]
-                active = [active[b] for b in keep]
-                next_tokens = [next_tokens[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            positions = torch.tensor([[len(rows[ri].fed)] for ri in active], device=device)
-            for ri, token in zip(active, next_tokens, strict=True):
-                rows[ri].fed.append(token)
-            logits = self._forward(torch.tensor([[t] for t in next_tokens], device=device), mask, positions,
-                                   cache, [rows[ri].adapter for ri in active])
-            next_tokens = self._pick(logits[:, -1])
-        return [self._generation(r) for r in rows]
+    @property
+    def busy(self) -> bool:
+        return bool(self._rows or self._waiting)
 
-    def _prefill(self, row: _Row, device) -> tuple[int, list]:
+    def step(self) -> list[tuple[int, Generation]]:
+        started = time.monotonic()
+        try:
+            with self._inference():
+                done = self._admit()
+                if self._rows:
+                    done += self._decode()
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.stats.seconds += time.monotonic() - started
+        self._evict()
+        return [(row.ticket, self._generation(row)) for row in done]
+
+    def abort(self) -> list[int]:
+        tickets = [r.ticket for r in self._rows] + [r.ticket for r in self._waiting]
+        self._rows.clear()
+        self._waiting.clear()
+        self._slots.clear()
+        return tickets
+
+    # -- one step -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _inference(self):
+        """No gradients, no dropout, every LoRA layer routed per row; the model's own state after."""
+        previous = getattr(self.model, "active_adapter", None) if self.mixed else None
+        was_training = self.model.training
+        if was_training:
+            self.model.eval()
+        try:
+            with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()):
+                yield
+        finally:
+            if was_training:
+                self.model.train()
+            # training (RolloutCallback) goes on with the adapter it had
+            if isinstance(previous, str) and self.model.active_adapter != previous:
+                self.model.set_adapter(previous)
+
+    def _admit(self) -> list[_Row]:
+        """Prefill waiting rows into free slots; returns those whose first token already ends them."""
+        done = []
+        mid_reply = bool(self._rows)  # rows of earlier steps are decoding
+        while self._waiting and len(self._rows) < self.max_batch_size:
+            row = self._waiting.popleft()
+            self.stats.joined_running_batch += mid_reply
+            self._prefill(row)
+            if self._accept(row, row.pending):
+                self._finish(len(self._rows) - 1)
+                done.append(row)
+        return done
+
+    def _prefill(self, row: _Row) -> None:
         entry, reused = self._lookup(row)
         # at least one prompt token is fed: its logits give the first reply token
         reused = min(reused, len(row.ids) - 1)
         row.reused = reused
-        past = [(k[:, :, :reused].to(device), v[:, :, :reused].to(device)) for k, v in entry.kv] if reused else None
-        cache = _dynamic_cache(past) if past else _dynamic_cache(None)
-        new = torch.tensor([row.ids[reused:]], device=device)
-        mask = torch.ones((1, len(row.ids)), dtype=torch.long, device=device)
-        positions = torch.arange(reused, len(row.ids), device=device)[None]
-        logits = self._forward(new, mask, positions, cache, [row.adapter])
+        slot = self._slots.add(entry.kv if reused else None, reused)
+        self._rows.append(row)
+        mask, positions = self._slots.plan_prefill(slot, len(row.ids) - reused)
+        logits = self._forward(torch.tensor([row.ids[reused:]], device=self._slots.device), mask, positions,
+                               [row.adapter])
         row.fed = list(row.ids)
-        row.pending = self._pick(logits[:, -1])[0]
+        row.context = list(row.ids)
+        row.pending = self._pick(logits)[0]
         self.stats.calls += 1
         self.stats.prompt_tokens += len(row.ids)
         self.stats.cached_tokens += reused
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self._remember_system_prefix(row, kv)
-        return row.pending, kv
+        self._remember_system_prefix(row, slot)
 
-    def _forward(self, input_ids, mask, positions, cache, adapters: list[str]) -> torch.Tensor:
-        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions, self._cache_arg: cache,
-                  "use_cache": True, "logits_to_keep": 1}
+    def _decode(self) -> list[_Row]:
+        """One forward pass for every running row; returns the rows it finished (they have left the batch).
+
+        Each row feeds its pending token and, greedy, a draft of the tokens that followed the same
+        n-gram earlier in its context; the model's own pick at every position decides how much of
+        the draft is kept, so the reply is the one token-by-token decoding gives.
+        """
+        rows = self._rows
+        per_row = min(self.draft_tokens, self.step_tokens // len(rows) - 1)
+        drafts = [_draft(row, min(per_row, row.request.max_new_tokens - len(row.generated) - 1)) for row in rows]
+        count = 1 + max(len(d) for d in drafts)
+        pad = rows[0].pending  # fills short rows; its outputs are not read
+        feed = [[r.pending, *d] + [pad] * (count - 1 - len(d)) for r, d in zip(rows, drafts, strict=True)]
+        mask, positions = self._slots.plan_decode(count)
+        logits = self._forward(torch.tensor(feed, device=self._slots.device), mask, positions,
+                               [r.adapter for r in rows], keep=count)
+        picks = self._pick(logits) if count == 1 else logits.argmax(dim=-1).tolist()
+        finished = [slot for slot, row in enumerate(rows) if self._take(slot, row, drafts[slot], picks[slot])]
+        done = [rows[slot] for slot in finished]
+        for slot in reversed(finished):  # from the end: a removed slot is refilled by the last one
+            self._finish(slot)
+        return done
+
+    def _take(self, slot: int, row: _Row, draft: list[int], picks) -> bool:
+        """Accept the row's picks up to the first that differs from its draft; True when the row is finished."""
+        picks = picks if isinstance(picks, list) else [picks]
+        row.fed.append(row.pending)
+        self.stats.draft_tokens += len(draft)
+        finished = False
+        for i, token in enumerate(picks):
+            row.pending = token
+            finished = self._accept(row, token)
+            if finished or i >= len(draft) or draft[i] != token:
+                break
+            row.fed.append(token)  # the draft token fed at i + 1 was the model's pick: its keys/values hold
+            self.stats.accepted_draft_tokens += 1
+        self._slots.truncate(slot, len(row.fed))
+        return finished
+
+    def _finish(self, slot: int) -> None:
+        row = self._rows[slot]
+        self._store(row, slot)
+        self._slots.remove(slot)
+        self._rows[slot] = self._rows[-1]
+        self._rows.pop()
+
+    def _forward(self, input_ids, mask, positions, adapters: list[str], keep: int = 1) -> torch.Tensor:
+        """Logits of the last ``keep`` positions ([rows, vocab] when ``keep`` is 1, else [rows, keep, vocab])."""
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
+                  self._cache_arg: self._slots, "use_cache": True, "logits_to_keep": keep}
+        logits = self._logits(kwargs, adapters)
+        return logits[:, -1] if keep == 1 else logits
+
+    def _logits(self, kwargs: dict, adapters: list[str]) -> torch.Tensor:
         self.stats.forward_passes += 1
         if not self.mixed:
             return self.model(**kwargs).logits.float()
+        if self._lora is not None:
+            self._lora.route(adapters)
+            return self._base(**kwargs).logits.float()
         if len(set(adapters)) > 1:
             return self.model(**kwargs, adapter_names=adapters).logits.float()
-        # one adapter for every row: PEFT's mixed-batch path loops over adapters in every layer and
-        # was measured twice as slow per decode step as the plain path, so use the plain path
         if adapters[0] == BASE_ADAPTER:
             with self.model.disable_adapter():
                 return self.model(**kwargs).logits.float()
@@ -261,6 +331,7 @@ class LocalEngine(Policy):
     def _accept(self, row: _Row, token: int) -> bool:
         """Take the row's next token; True when the row is finished."""
         row.generated.append(token)
+        row.context.append(token)
         self.stats.generated_tokens += 1
         if token in self.stop_ids:
             row.finish = "stop"
@@ -294,18 +365,14 @@ class LocalEngine(Policy):
         self._cache.move_to_end(best)
         return self._cache[best], best_len
 
-    def _store(self, row: _Row, cache, b: int, mask: torch.Tensor) -> None:
+    def _store(self, row: _Row, slot: int) -> None:
         key = row.request.conversation
         if not key:
             return
-        n = len(row.fed)
-        width = mask.shape[1]
-        kv = [(layer.keys[b:b + 1, :, width - n:].clone(), layer.values[b:b + 1, :, width - n:].clone())
-              for layer in cache.layers]
-        self._cache[key] = _Entry(row.adapter, list(row.fed), kv)
+        self._cache[key] = _Entry(row.adapter, list(row.fed), self._slots.export(slot, len(row.fed)))
         self._cache.move_to_end(key)
 
-    def _remember_system_prefix(self, row: _Row, kv) -> None:
+    def _remember_system_prefix(self, row: _Row, slot: int) -> None:
         """Keep the system prompt's keys/values so later episodes of the role start from them."""
         messages = row.request.messages
         if not messages or messages[0].get("role") != "system":
@@ -318,8 +385,7 @@ class LocalEngine(Policy):
         key = f"{SHARED_PREFIX}{row.adapter}:{hash(text)}"
         if key in self._cache or len(ids) >= len(row.ids) or row.ids[:len(ids)] != ids:
             return
-        n = len(ids)
-        self._cache[key] = _Entry(row.adapter, ids, [(k[:, :, :n].clone(), v[:, :, :n].clone()) for k, v in kv])
+        self._cache[key] = _Entry(row.adapter, ids, self._slots.export(slot, len(ids)))
 
     def _evict(self) -> None:
         total = self.cached_tokens
@@ -343,7 +409,28 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
-def _dynamic_cache(kv):
-    from transformers import DynamicCache
+def _draft(row: _Row, limit: int) -> list[int]:
+    """Up to ``limit`` tokens that followed the latest earlier occurrence of the context's last n-gram."""
+    if limit <= 0:
+        return []
+    context = row.context
+    for end in range(row.indexed, len(context)):  # n-gram context[end-n:end] was followed by context[end]
+        for n in DRAFT_NGRAMS:
+            if end >= n:
+                row.ngrams[tuple(context[end - n:end])] = end
+    row.indexed = len(context)
+    for n in DRAFT_NGRAMS:
+        end = row.ngrams.get(tuple(context[-n:]))
+        if end is not None:
+            return context[end:end + limit]
+    return []
 
-    return DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+
+def _slot_cache(base) -> SlotCache:
+    config = base.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    weight = base.get_input_embeddings().weight
+    sdpa = getattr(config, "_attn_implementation", "sdpa") == "sdpa"
+    return SlotCache(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads, head_dim,
+                     weight.dtype, weight.device, boolean_mask=sdpa)

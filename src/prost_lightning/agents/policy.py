@@ -10,7 +10,9 @@ Model policies (local HF, OpenAI-compatible HTTP) ignore it.
 Implementations: :class:`~prost_lightning.agents.local_engine.LocalEngine` (all roles on one local
 model, prefixes cached), :class:`~prost_lightning.agents.hf_policy.HFPolicy` (plain ``generate``),
 :class:`~prost_lightning.agents.openai_policy.OpenAIPolicy`,
-:class:`~prost_lightning.agents.oracle.OraclePolicy`, :class:`ScriptedPolicy` (tests).
+:class:`~prost_lightning.agents.oracle.OraclePolicy`, :class:`ScriptedPolicy` (tests). A
+:class:`StreamingPolicy` (the local engine) also takes requests one by one and decodes them step
+by step, which the runner uses for continuous batching.
 """
 
 from __future__ import annotations
@@ -65,6 +67,42 @@ class Policy:
 
     def release(self, conversation_prefix: str) -> None:
         """The episode whose conversations start with this id has ended (caching policies free its state)."""
+
+
+class StreamingPolicy(Policy):
+    """A policy that decodes requests as they come (continuous batching) instead of one batch per call.
+
+        ticket = policy.submit(request)         # queued; joins the running batch at the next step
+        for ticket, generation in policy.step(): ...   # one decode step; the replies it finished
+
+    ``run_episodes`` drives such a policy step by step, so an episode whose reply is done goes on
+    to its environment call while the other rows keep decoding. A ``step`` that raises has dropped
+    every request in flight (their tickets will not come back).
+    """
+
+    def submit(self, request: GenerationRequest) -> int:
+        raise NotImplementedError
+
+    def step(self) -> list[tuple[int, Generation]]:
+        raise NotImplementedError
+
+    @property
+    def busy(self) -> bool:
+        """True while a submitted request has not come back from ``step``."""
+        raise NotImplementedError
+
+    def abort(self) -> list[int]:
+        """Drop every request in flight; returns their tickets."""
+        raise NotImplementedError
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if self.busy:
+            raise PolicyError(f"{self.name}: generate() while streamed requests are in flight")
+        tickets = [self.submit(r) for r in requests]
+        replies: dict[int, Generation] = {}
+        while len(replies) < len(tickets):
+            replies.update(self.step())
+        return [replies[t] for t in tickets]
 
 
 class ScriptedPolicy(Policy):

@@ -5,21 +5,32 @@
                                     {"planner": p, "executor": e}, limits=Limits())
 
 Up to ``concurrency`` (default: the pool size) episodes are alive at once, each on its own leased
-server. Every round: all pending env calls are started in worker threads (one per episode; each
-server is used by one thread at a time), meanwhile the pending generation requests are grouped by
-policy and each policy is called once with its whole group (the local engine serves every role
-in one batch, each row through its role's adapter), then the env results are collected. A finished episode frees its server
-for the next task. Nothing an episode does can raise out of here: server faults, policy errors
-and bugs in the loop end that episode with a recorded ``failure_reason``.
+server; env calls run in worker threads (each server is used by one thread at a time). Generation
+runs in one of two ways:
+
+* **continuously**, when every policy is a :class:`~prost_lightning.agents.policy.StreamingPolicy`
+  (the local engine): each request is submitted as soon as its episode asks, and the policy
+  decodes step by step; a reply that is done goes back to its episode at once, which makes its env
+  call while the other rows keep decoding, and its next request joins the running batch. No
+  episode waits for the longest reply of a round.
+* **in rounds** otherwise: all pending env calls are started, meanwhile the pending requests are
+  grouped by policy and each policy is called once with its whole group, then the env results are
+  collected.
+
+A finished episode frees its server for the next task. Nothing an episode does can raise out of
+here: server faults, policy errors and bugs in the loop end that episode with a recorded
+``failure_reason``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +41,7 @@ from prost_lightning.errors import ConfigError
 from prost_lightning.trajectory import Trajectory
 
 from .episode import CostModel, EnvCall, Episode, FailureReason, Limits
-from .policy import GenerationRequest, Policy, PolicyError
+from .policy import GenerationRequest, Policy, PolicyError, StreamingPolicy
 from .prompts import PromptSet
 from .systems import AgentSystem, build_system
 
@@ -66,6 +77,7 @@ class _Running:
     pending: Any = None
     result: Trajectory | None = None
     done: bool = False
+    in_flight: bool = False  # its pending request is with a worker thread or a streaming policy
 
 
 def run_episodes(
@@ -88,20 +100,52 @@ def run_episodes(
     missing = [r for r in system.roles if r not in policies]
     if missing:
         raise ConfigError(f"system '{system.name}' needs a policy for role(s) {missing}; got {sorted(policies)}")
-    limits = limits or Limits()
-    prompts = prompts or PromptSet()
     if use_preamble and preamble is None:
         preamble = load_preamble()
     role_parameters = {r: policies[r].num_parameters for r in system.roles}
-    width = max(1, min(concurrency or pool.size, pool.size))
-    queue = deque(enumerate(tasks))
-    running: list[_Running] = []
-    results: list[Trajectory | None] = [None] * len(tasks)
+    new_episode = partial(Episode, system, prompts=prompts or PromptSet(), limits=limits or Limits(), cost=cost,
+                          role_parameters=role_parameters, preamble=preamble, teacher=teacher)
+    play = _Play(tasks, pool, policies, new_episode, max(1, min(concurrency or pool.size, pool.size)), on_episode)
+    with ThreadPoolExecutor(max_workers=play.width, thread_name_prefix="env") as threads:
+        if all(isinstance(p, StreamingPolicy) for p in play.engines):
+            _play_continuously(play, threads, play.engines)
+        else:
+            _play_in_rounds(play, threads)
+    return [r for r in play.results if r is not None]
 
-    engines = list({id(p): p for p in policies.values()}.values())
 
-    def finish(slot: _Running) -> None:
-        for policy in engines:
+class _Play:
+    """The state of one ``run_episodes`` call: tasks to start, episodes running, results in task order."""
+
+    def __init__(self, tasks, pool, policies, new_episode, width: int, on_episode):
+        self.pool = pool
+        self.policies = policies
+        self.new_episode = new_episode
+        self.width = width
+        self.on_episode = on_episode
+        self.queue = deque(enumerate(tasks))
+        self.running: list[_Running] = []
+        self.results: list[Trajectory | None] = [None] * len(tasks)
+        self.engines = list({id(p): p for p in policies.values()}.values())
+
+    def start_episodes(self) -> None:
+        # a server that failed to restart is gone for good: never wait for it
+        while self.queue and len(self.running) < max(1, min(self.width, _live_servers(self.pool))):
+            index, task = self.queue.popleft()
+            episode = self.new_episode(task)
+            lease = self.pool.lease()
+            env = lease.__enter__()
+            slot = _Running(index, episode, episode.run(), env, lease)
+            _advance(slot, None)
+            self.running.append(slot)
+
+    def finish_done(self) -> None:
+        for slot in [s for s in self.running if s.done]:
+            self.running.remove(slot)
+            self._finish(slot)
+
+    def _finish(self, slot: _Running) -> None:
+        for policy in self.engines:
             policy.release(slot.episode.key)
         try:
             slot.lease.__exit__(None, None, None)  # closes the world; restarts a failed server
@@ -111,42 +155,89 @@ def run_episodes(
         if ep.error is not None:  # the trajectory keeps the reason; the log keeps the details
             log.warning("episode %s failed: %s: %s", ep.task.task_id, ep.error, ep.error_detail)
         if slot.result is not None:
-            results[slot.index] = slot.result
-            if on_episode is not None:
-                on_episode(slot.result)
+            self.results[slot.index] = slot.result
+            if self.on_episode is not None:
+                self.on_episode(slot.result)
 
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="env") as threads:
-        while queue or running:
-            # a server that failed to restart is gone for good: never wait for it
-            while queue and len(running) < max(1, min(width, _live_servers(pool))):
-                index, task = queue.popleft()
-                episode = Episode(system, task, prompts=prompts, limits=limits, cost=cost,
-                                  role_parameters=role_parameters, preamble=preamble, teacher=teacher)
-                lease = pool.lease()
-                env = lease.__enter__()
-                slot = _Running(index, episode, episode.run(), env, lease)
-                _advance(slot, None)
-                running.append(slot)
 
-            env_slots = [s for s in running if not s.done and isinstance(s.pending, EnvCall)]
-            futures = [(s, threads.submit(_call_env, s.env, s.pending)) for s in env_slots]
+def _play_in_rounds(play: _Play, threads: ThreadPoolExecutor) -> None:
+    """Every round: start all env calls, meanwhile one generate call per policy, then collect."""
+    while play.queue or play.running:
+        play.start_episodes()
+        env_slots = [s for s in play.running if not s.done and isinstance(s.pending, EnvCall)]
+        futures = [(s, threads.submit(_call_env, s.env, s.pending)) for s in env_slots]
+        # one call per policy object: roles served by one engine share its batch
+        by_policy: dict[int, list[_Running]] = {}
+        for s in play.running:
+            if not s.done and isinstance(s.pending, GenerationRequest):
+                by_policy.setdefault(id(play.policies[s.pending.role]), []).append(s)
+        for slots in by_policy.values():
+            _generate(play.policies[slots[0].pending.role], slots)
+        for s, future in futures:
+            value, error = future.result()
+            _advance(s, value, error)
+        play.finish_done()
 
-            # one call per policy object: roles served by one engine share its batch
-            by_policy: dict[int, list[_Running]] = {}
-            for s in running:
-                if not s.done and isinstance(s.pending, GenerationRequest):
-                    by_policy.setdefault(id(policies[s.pending.role]), []).append(s)
-            for slots in by_policy.values():
-                _generate(policies[slots[0].pending.role], slots)
 
-            for s, future in futures:
-                value, error = future.result()
-                _advance(s, value, error)
+def _play_continuously(play: _Play, threads: ThreadPoolExecutor, engines: list[StreamingPolicy]) -> None:
+    """Decode step by step; an episode whose reply is done goes to its env call, then rejoins the batch."""
+    tickets: dict[tuple[int, int], _Running] = {}
+    calls: dict[Future, _Running] = {}
+    while play.queue or play.running:
+        play.start_episodes()
+        for s in play.running:
+            if s.done or s.in_flight:
+                continue
+            s.in_flight = True
+            if isinstance(s.pending, EnvCall):
+                calls[threads.submit(_call_env, s.env, s.pending)] = s
+            else:
+                _submit(play.policies[s.pending.role], s, tickets)
+        busy = [p for p in engines if p.busy]
+        for policy in busy:
+            _step(policy, tickets)
+        if not busy and calls:
+            wait(calls, return_when=FIRST_COMPLETED)
+        elif not busy and tickets:  # a policy idle with requests outstanding lost them: never wait forever
+            _fail_tickets(tickets, None, PolicyError("the policy went idle without answering"))
+        for future in [f for f in calls if f.done()]:
+            s = calls.pop(future)
+            s.in_flight = False
+            value, error = future.result()
+            _advance(s, value, error)
+        play.finish_done()
 
-            for s in [s for s in running if s.done]:
-                running.remove(s)
-                finish(s)
-    return [r for r in results if r is not None]
+
+def _submit(policy: StreamingPolicy, slot: _Running, tickets: dict) -> None:
+    try:
+        tickets[(id(policy), policy.submit(slot.pending))] = slot
+    except Exception as error:
+        slot.in_flight = False
+        _advance(slot, None, PolicyError(f"{policy.name}: {error!r}"))
+
+
+def _step(policy: StreamingPolicy, tickets: dict) -> None:
+    try:
+        replies = policy.step()
+    except Exception as error:  # every request in flight is dropped: their episodes fail
+        with contextlib.suppress(Exception):
+            policy.abort()
+        failure = error if isinstance(error, PolicyError) else PolicyError(f"{policy.name}: {error!r}")
+        log.warning("policy %s failed on a decode step: %s", policy.name, failure)
+        _fail_tickets(tickets, policy, failure)
+        return
+    for ticket, generation in replies:
+        slot = tickets.pop((id(policy), ticket))
+        slot.in_flight = False
+        _advance(slot, generation)
+
+
+def _fail_tickets(tickets: dict, policy: StreamingPolicy | None, failure: PolicyError) -> None:
+    """End the requests of ``policy`` (None: every policy) with ``failure``."""
+    for key in [k for k in tickets if policy is None or k[0] == id(policy)]:
+        slot = tickets.pop(key)
+        slot.in_flight = False
+        _advance(slot, None, failure)
 
 
 def _live_servers(pool) -> int:

@@ -2,9 +2,9 @@
 
 The same episodes (the demo's held-out tasks, limits and compact prompts, the same adapters) are
 played through ``hf_generate`` (plain ``generate``, one role per batch, every call re-reads its
-conversation: the path rollouts used before) and then ``hf`` (:class:`LocalEngine`: prefix caches
-across turns and episodes, every role in one mixed-adapter batch), on one server pool, one after
-the other. Reported per engine: episodes/min, prompt tokens processed vs served from cache,
+conversation, the runner's rounds: the path rollouts used before) and then ``hf``
+(:class:`LocalEngine`: prefix caches across turns and episodes, every role in one batch, continuous
+batching, drafts checked in the decode pass), on one server pool, one after the other. Reported per engine: episodes/min, prompt tokens processed vs served from cache,
 generated tokens/s, TGC; and whether every action of every episode was the same. Target: ``hf``
 >= 4x the episodes/min of ``hf_generate`` at equal TGC.
 
@@ -25,7 +25,8 @@ from prost_lightning.bench.common import Context, Recorder
 from prost_lightning.bench.rollouts import world_root
 
 TARGET_SPEEDUP = 4.0
-ENGINES = ("hf_generate", "hf")
+ENGINES = ("hf_generate", "hf", "hf_drafts")  # hf_drafts: hf with draft_tokens=4 (off by default)
+DRAFT_TOKENS = 4
 COMPACT_PROMPTS = Path("experiments/prompts/compact")
 
 
@@ -72,7 +73,9 @@ def run(ctx: Context) -> dict:
     with ServerPool(root, size=len(tasks)) as pool:
         for engine in ENGINES:
             policies = model_policies(model, tokenizer, roles, adapter_for, num_parameters=params,
-                                      max_batch_size=len(tasks) * len(roles), engine=engine)
+                                      max_batch_size=len(tasks) * len(roles), engine=engine.removesuffix("_drafts"))
+            if engine == "hf_drafts":
+                policies[roles[0]].draft_tokens = DRAFT_TOKENS
             started = time.perf_counter()
             played[engine] = run_episodes(system, tasks, pool, policies, limits=limits, prompts=prompts)
             seconds[engine] = time.perf_counter() - started
@@ -88,16 +91,25 @@ def run(ctx: Context) -> dict:
         rec.figure(f"{engine}_episodes_per_min", 60 * len(tasks) / seconds[engine], "episodes/min", engine)
         rec.figure(f"{engine}_prompt_tokens", prompt, "tokens", "prompt tokens of all calls")
         rec.figure(f"{engine}_prompt_tokens_processed", prompt - cached, "tokens", "prompt tokens computed")
-        if engine == "hf":  # plain generate has no cache across calls
-            rec.figure("hf_cache_share", cached / prompt, "fraction", "prompt tokens served from the prefix cache")
+        if engine != "hf_generate":  # plain generate has no cache across calls, no drafts, no streaming
+            rec.figure(f"{engine}_cache_share", cached / prompt, "fraction", "prompt tokens served from the prefix cache")
+            rec.figure(f"{engine}_forward_passes", stats[engine]["forward_passes"], "passes", "prefills + decode steps")
+        if engine == "hf_drafts":
+            drafted = stats[engine]["draft_tokens"]
+            rec.figure("hf_drafts_acceptance", stats[engine]["accepted_draft_tokens"] / drafted if drafted else 0.0,
+                       "fraction", f"draft tokens the model kept, of {drafted} checked")
         rec.figure(f"{engine}_generated_tokens_per_s", generated / seconds[engine], "tokens/s",
                    "generated tokens / wall time of the episodes")
         rec.figure(f"{engine}_tgc", task_goal_completion({t.task_id: t.outcome.success for t in trajectories}), "%", "TGC")
     same = sum(_actions(a) == _actions(b) for a, b in zip(played["hf"], played["hf_generate"], strict=True))
     rec.figure("identical_episodes", same / len(tasks), "fraction",
                "episodes whose every message is the same through both engines")
+    same = sum(_actions(a) == _actions(b) for a, b in zip(played["hf_drafts"], played["hf_generate"], strict=True))
+    rec.figure("identical_episodes_drafts", same / len(tasks), "fraction", "the same for hf_drafts")
     rec.figure("speedup_hf_vs_hf_generate", seconds["hf_generate"] / seconds["hf"], "x",
                "episodes/min of hf / of hf_generate, same episodes, same run")
+    rec.figure("speedup_hf_drafts_vs_hf_generate", seconds["hf_generate"] / seconds["hf_drafts"], "x",
+               "the same for hf with drafts")
     rec.target("speedup_hf_vs_hf_generate", ">=", TARGET_SPEEDUP,
                "see the note of issue 10 in docs/rollouts.md for what bounds the ratio on 2 cores")
     if rec.figures["hf_tgc"]["value"] != rec.figures["hf_generate_tgc"]["value"]:
