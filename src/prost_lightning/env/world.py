@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ProstError
-from ..metrics import goal_completion
+from ..metrics import goal_completion, scenario_of
 from .client import EnvError
 from .pool import ServerPool
 from .runtime import PREAMBLE_PATH, appworld_python, load_preamble, project_root
@@ -198,7 +198,7 @@ def _split_rates(split_ids: dict[str, list[str]], by_id: dict[str, dict]) -> dic
         members = [by_id[t] for t in ids if t in by_id]
         report[split] = {
             "tasks": len(members),
-            "scenarios": len({t.split("_")[0] for t in ids if t in by_id}),
+            "scenarios": len({scenario_of(t) for t in ids if t in by_id}),
             "oracle_tgc": _rates(members, "oracle")["tgc"],
             "oracle_sgc": _rates(members, "oracle")["sgc"],
             "noop_tgc": _rates(members, "noop")["tgc"],
