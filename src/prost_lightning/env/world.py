@@ -66,7 +66,8 @@ def build(root: str | None = None, seed: int = 0, cells: str | None = None) -> d
     Args:
         root: the world root to (re)create (default: worlds/mini)
         seed: the seed the task variants are drawn with (same seed, same world)
-        cells: an extension file (YAML) of extra cells and new splits, see docs/miniworld.md
+        cells: an extension file (YAML) of new families (Python files), extra cells and new splits,
+            see docs/miniworld.md
     """
     from .miniworld import MiniWorldBuildError
     from .miniworld import build as build_miniworld
