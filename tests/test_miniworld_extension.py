@@ -27,8 +27,7 @@ def register(families):
 
     def make(key, rng, variant):
         coll = families.catalog.COLLECTIONS[key]
-        n_match, n_total = families.pick_counts(rng)
-        items, seed = families.items_seed(coll, rng, rng.choice(coll.keywords), n_match, n_total)
+        keyword, n_match, items, seed = families.draw_items(coll, rng)   # seeded items of the collection
         return dict(instruction=PHRASINGS[variant].format(plural=coll.plural, app=coll.app_title),
                     apps=[coll.app], seed=seed, question=True, answer=len(items),
                     subtasks=[st.login(coll.app), st.collect(coll),

@@ -80,6 +80,15 @@ def items_seed(coll: Collection, rng, keyword: str, n_match: int, n_total: int,
     return items, seed_items(coll, rng, "i", items)
 
 
+def draw_items(coll: Collection, rng, lo_match: int = 1, match_flag: bool | None = None):
+    """(keyword, n_match, items, seed rows): a keyword of ``coll``, how many items match it, then the
+    items; the draw every keyword family starts with (in this order, so a seed gives the same task)."""
+    keyword = rng.choice(coll.keywords)
+    n_match, n_total = pick_counts(rng, lo_match=lo_match)
+    items, seed = items_seed(coll, rng, keyword, n_match, n_total, match_flag)
+    return keyword, n_match, items, seed
+
+
 def _refs(items: list[dict], which: Callable[[dict], bool], suffix: str = "") -> list[str]:
     return [f"@ref:i{i}{suffix}" for i, item in enumerate(items) if which(item)]
 
@@ -87,9 +96,7 @@ def _refs(items: list[dict], which: Callable[[dict], bool], suffix: str = "") ->
 # ---------------------------------------------------------------- single-app question families
 def make_count_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     phrasing = (
         "How many {plural} {match} do I have in {app}?",
         "Count my {app} {plural} {match} and tell me the number.",
@@ -105,9 +112,7 @@ def make_count_keyword(key: str, rng, variant: int) -> dict:
 
 def make_count_flag(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     answer = sum(1 for item in items if item["flag"])
     phrasing = (
         "How many of my {app} {plural} are {adj}?",
@@ -131,9 +136,7 @@ def _deleted(coll: Collection, items: list[dict]) -> dict:
 
 def make_delete_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     phrasing = (
         "Delete all my {app} {plural} {match}.",
         "Please remove every {noun} {match} from my {app} account.",
@@ -150,9 +153,7 @@ def make_delete_keyword(key: str, rng, variant: int) -> dict:
 
 def make_update_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total, match_flag=False)
+    keyword, n_match, items, seed = draw_items(coll, rng, match_flag=False)
     it = (f"all my {coll.app_title} {coll.plural} {coll.match_phrase(keyword)}",
           f"every {coll.noun} {coll.match_phrase(keyword)} in my {coll.app_title} account",
           "them")[variant]
@@ -464,9 +465,7 @@ NOTE_TITLES = ("Overview", "Summary", "Inventory", "Roundup")
 
 def make_list_to_note(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng, lo_match=2)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng, lo_match=2)
     title = f"{keyword.capitalize()} {rng.choice(NOTE_TITLES)}"
     names = [item["name"] for item in items if item["match"]]
     phrasing = (
@@ -491,9 +490,7 @@ def make_list_to_note(key: str, rng, variant: int) -> dict:
 def make_count_and_message(key: str, rng, variant: int) -> dict:
     code, action = key.split("-")
     coll = COLLECTIONS[code]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = pick_counts(rng)
-    items, seed = items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     person = rng.choice(CAST)
     phone = person_phone(person)
     to_said = f"'{phone}'" if action == "text" else f"'{person.email}'"
