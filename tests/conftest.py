@@ -3,6 +3,11 @@
 `mini_world_root`: the mini-world built once per source version into a cache folder
 (worlds/.test-cache/<hash of the mini-world sources + seed>/, git-ignored), so repeated test
 runs reuse it. A file lock keeps parallel sessions from building the same world twice.
+
+`prost`: runs a `prost ...` command line in the test process (the console script's own
+`cli.main`, from the repository root), for tests of what a command prints and exits with. A fresh
+interpreter costs ~6 s of torch/Lightning imports on 2 cores; the tests that need a real process
+(the console entry, DDP, `--help` loading no torch) still start one.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -49,3 +55,23 @@ def mini_world_root() -> Path:
     if not appworld_available():
         pytest.skip("AppWorld venv missing: run `make appworld`")
     return cached_mini_world()
+
+
+@pytest.fixture
+def prost(capsys, monkeypatch):
+    """``prost(*argv)`` -> CompletedProcess(returncode, stdout, stderr) of ``cli.main(argv)``."""
+    from prost_lightning.cli import main
+
+    monkeypatch.chdir(REPO)
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()  # only this command's output
+        try:
+            main(list(argv))
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["prost", *argv], code, out.out, out.err)
+
+    return run

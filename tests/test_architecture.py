@@ -120,3 +120,34 @@ def test_foundation_modules_import_no_other_layer(name):
     ours = {n for n in imported_names(path) if n.split(".")[0] == "prost_lightning"}
     others = {n for n in ours if n != "prost_lightning.errors" and not n.startswith("prost_lightning.errors.")}
     assert not others, f"{name} imports {sorted(others)}"
+
+
+LIGHTNING = ("lightning", "pytorch_lightning")
+
+
+def hand_built_trainers(path: Path) -> list[int]:
+    """Lines of `path` that build a Lightning Trainer themselves (``L.Trainer(...)`` or an imported
+    ``Trainer``); transformers' Trainer (the throughput baseline) is another class and not counted."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names if alias.name.split(".")[0] in LIGHTNING}
+    lines = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in LIGHTNING
+                and any(alias.name == "Trainer" for alias in node.names)):
+            lines.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "Trainer"
+              and isinstance(node.func.value, (ast.Name, ast.Attribute))
+              and ast.unparse(node.func.value).split(".")[0] in aliases):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_every_trainer_comes_from_the_prost_fit_cli(tmp_path):
+    """One way to build a Trainer (docs/architecture.md): `cli.lightning_main`, nothing by hand."""
+    found = {module_name(p): hand_built_trainers(p) for p in sorted(PACKAGE.rglob("*.py"))}
+    assert not {m: lines for m, lines in found.items() if lines}
+    checker = tmp_path / "by_hand.py"  # the checker itself sees both forms
+    checker.write_text("import lightning as L\nfrom lightning.pytorch import Trainer\nt = L.Trainer(max_epochs=1)\n"
+                       "u = L.pytorch.Trainer()\n")
+    assert hand_built_trainers(checker) == [2, 3, 4]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,26 +52,25 @@ def test_every_experiment_yaml_parses_and_instantiates(path, tmp_path):
     assert cli.datamodule.tokenizer == cli.model.hparams.base_model  # linked by the CLI
 
 
-def test_help_comes_from_the_docstrings():
-    out = subprocess.run([*PROST, "fit", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_help_comes_from_the_docstrings(prost):
+    out = prost("fit", "--help")
     assert out.returncode == 0
     assert "one LoRA adapter per agent role" in out.stdout or "shared base model" in out.stdout
     assert "cut after the last active sub-task" in out.stdout  # TrajectoryDataModule's Args: docstring
 
 
-def test_print_config_shows_the_curriculum():
-    out = subprocess.run([*PROST, "fit", "--config", "experiments/debug.yaml", "--print_config"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_print_config_shows_the_curriculum(prost):
+    out = prost("fit", "--config", "experiments/debug.yaml", "--print_config")
     assert out.returncode == 0, out.stderr[-2000:]
     printed = yaml.safe_load(out.stdout)
     assert printed["data"]["schedule"]["name"] == "progressive"
     assert printed["trainer"]["reload_dataloaders_every_n_epochs"] == 1
 
 
-def test_inspect_marks_the_trained_tokens():
-    out = subprocess.run([*PROST, "inspect", "--train_file", "tests/fixtures/trajectories.jsonl",
-                          "--tokenizer", "tiny", "--role", "executor"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=dict(os.environ, NO_COLOR="1"))
+def test_inspect_marks_the_trained_tokens(prost, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    out = prost("inspect", "--train_file", "tests/fixtures/trajectories.jsonl", "--tokenizer", "tiny",
+                "--role", "executor")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "apis." in out.stdout
 
@@ -82,13 +80,12 @@ def test_unknown_verb_is_a_clear_error():
     assert out.returncode == 2 and "unknown verb 'frobnicate'" in out.stderr
 
 
-def test_malformed_trajectory_line_is_one_clear_error(tmp_path):
+def test_malformed_trajectory_line_is_one_clear_error(tmp_path, prost):
     bad = tmp_path / "bad.jsonl"
     good = (ROOT / "tests" / "fixtures" / "trajectories.jsonl").read_text().splitlines()[0]
     bad.write_text(good + "\n{not json\n")
-    out = subprocess.run([*PROST, "fit", "--config", "experiments/debug.yaml", "--data.train_file", str(bad),
-                          "--trainer.default_root_dir", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = prost("fit", "--config", "experiments/debug.yaml", "--data.train_file", str(bad),
+                "--trainer.default_root_dir", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"{bad}:2" in out.stderr
 

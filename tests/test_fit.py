@@ -129,10 +129,8 @@ def test_ddp_two_cpu_processes_train_the_same_role_at_every_step(tmp_path):
     (["--model.base_model", "./no/such/model"], "no/such/model"),
     (["--data.max_length", "40"], "max_length"),
 ])
-def test_user_errors_are_one_clear_message(tmp_path, args, needle):
-    out = subprocess.run([*PROST, "fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, WANDB_MODE="offline"))
+def test_user_errors_are_one_clear_message(tmp_path, args, needle, prost):
+    out = prost("fit", "--config", DEBUG, "--trainer.default_root_dir", str(tmp_path), *args)
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert "prost: error:" in out.stderr and needle in out.stderr

@@ -185,10 +185,11 @@ def _play_both(team, root, task_ids, limits):
 
     tasks = load_tasks(root, task_ids=task_ids)
     played = {}
-    for engine in ("hf_generate", "hf"):
-        policies = model_policies(team.model, team.tokenizer, ROLES, team.adapter_name, engine=engine,
-                                  num_parameters=team.num_base_parameters)
-        with ServerPool(root, size=len(tasks), step_timeout_s=10) as pool:
+    # one pool for both engines (every episode initializes its task afresh), as the benchmark does
+    with ServerPool(root, size=len(tasks), step_timeout_s=10) as pool:
+        for engine in ("hf_generate", "hf"):
+            policies = model_policies(team.model, team.tokenizer, ROLES, team.adapter_name, engine=engine,
+                                      num_parameters=team.num_base_parameters)
             played[engine] = run_episodes("planner_executor", tasks, pool, policies, limits=limits)
     return played
 

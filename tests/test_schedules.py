@@ -60,8 +60,6 @@ def test_schedule_config_dispatch():
     assert ScheduleConfig("reverse", start=2).active_subtasks(0, 4, "t") == {3, 4}
     assert ScheduleConfig("random", seed=5).active_subtasks(2, 4, "t") == random_subset(2, 4, "t", seed=5)
     assert ScheduleConfig("length").orders_by_length and not ScheduleConfig("progressive").orders_by_length
-    assert ScheduleConfig("progressive", start=2, step=2).nominal_horizon(3) == 8
-    assert ScheduleConfig("full").nominal_horizon(3) is None
 
 
 @pytest.mark.parametrize("kwargs, field", [({"name": "zigzag"}, "schedule.name"), ({"start": 0}, "schedule.start"),

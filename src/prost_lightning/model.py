@@ -21,8 +21,7 @@ from prost_lightning.errors import ConfigError
 from prost_lightning.rundir import run_dir
 
 SHARED_ADAPTER = "shared"
-# PEFT names every LoRA parameter "...lora_A..." / "...lora_B...": the mark of adapter weights.
-LORA_MARK = "lora_"
+LORA_MARK = backbone.LORA_MARK
 
 
 @dataclass
@@ -102,9 +101,7 @@ class RoleLoRAModule(L.LightningModule):
         self.shared_adapter = shared_adapter
         self.tokenizer = backbone.load_tokenizer(base_model)
         self.model = self._build_peft_model(base_model, dtype, quantization, gradient_checkpointing)
-        self.num_base_parameters = sum(
-            p.numel() for n, p in self.model.named_parameters() if LORA_MARK not in n
-        )
+        self.num_base_parameters = backbone.base_parameter_count(self.model)
         self._adapter_params = {
             name: [p for n, p in self.model.named_parameters() if f".{name}." in n and LORA_MARK in n]
             for name in self.adapter_names

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from prost_lightning.data.render import IGNORE_INDEX
+from prost_lightning.files import write_atomic
 from prost_lightning.peak_memory import peak_bytes, reset_peak
 from prost_lightning.rundir import run_dir
 
@@ -62,9 +63,7 @@ class ThroughputSummary(L.Callback):
         if not trainer.is_global_zero or self.steps == 0:
             return
         report = self.summary(pl_module.device)
-        folder = run_dir(trainer)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "fit_summary.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(run_dir(trainer) / "fit_summary.json", json.dumps(report, indent=2) + "\n")
         per_role = ", ".join(f"{role} {n:,}" for role, n in sorted(report["trained_tokens"].items()))
         print(
             f"fit summary: {report['steps']} steps in {report['train_seconds']} s | trained tokens: {per_role} | "

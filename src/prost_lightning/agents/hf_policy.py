@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from prost_lightning.backbone import base_parameter_count
+
 from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, Policy
 
@@ -46,7 +48,7 @@ class HFPolicy(Policy):
         self.temperature = temperature
         self.top_p = top_p
         self.max_batch_size = max(1, max_batch_size)
-        self.num_parameters = num_parameters or sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+        self.num_parameters = num_parameters or base_parameter_count(model)
         self.name = f"hf:{adapter}" if adapter else "hf"
         self.stop_ids = stop_token_ids(tokenizer)
 

@@ -1,7 +1,7 @@
 """Curriculum cost: wall time and trained tokens of a ProST (progressive) run against full fine-tuning
 for the same number of epochs.
 
-Both runs use our fit loop exactly as ``prost fit`` does (Lightning Trainer, RoleLoRAModule,
+Both runs are fits that ``prost fit`` builds (prost_fit.py: its LightningCLI, so RoleLoRAModule,
 TrajectoryDataModule rebuilding the train set every epoch, CurriculumCallback, ThroughputSummary)
 on the tiny model, the same trajectories, seed and epochs; only ``schedule.name`` differs. In the
 early epochs ProST trains a prefix of every trajectory (``slice`` mode), so it sees fewer tokens and
@@ -15,8 +15,8 @@ import io
 from pathlib import Path
 
 from prost_lightning.bench.common import Context, Recorder, Timer
-from prost_lightning.bench.train_throughput import LEARNING_RATE, _quiet
-from prost_lightning.bench.trajectories import training_file
+from prost_lightning.bench.prost_fit import build_fit, callback, quiet_training_logs
+from prost_lightning.bench.trajectories import roles_in, training_file
 
 
 def _settings(ctx: Context) -> dict:
@@ -28,35 +28,25 @@ def _settings(ctx: Context) -> dict:
 
 def fit_once(schedule: str, settings: dict, train_file: Path, ctx: Context, workdir: Path,
              max_steps: int = -1) -> dict:
-    import lightning as L
-
-    from prost_lightning.curriculum import CurriculumCallback, ScheduleConfig
-    from prost_lightning.data.datamodule import TrajectoryDataModule
-    from prost_lightning.model import RoleLoRAModule
+    from prost_lightning.curriculum import CurriculumCallback
     from prost_lightning.summary import ThroughputSummary
 
-    L.seed_everything(0, verbose=False)
-    dm = TrajectoryDataModule(str(train_file), tokenizer=settings["model"], schedule=ScheduleConfig(schedule),
-                              max_length=settings["max_length"], batch_size=settings["batch"], seed=0)
-    dm.setup()  # render once, outside the clock, as in the throughput benchmark
-    module = RoleLoRAModule(base_model=settings["model"], roles=dm.trained_roles, dtype=ctx.dtype,
-                            learning_rate=LEARNING_RATE, warmup_steps=1, export_adapters=False)
-    summary, curriculum = ThroughputSummary(), CurriculumCallback()
-    trainer = L.Trainer(accelerator=ctx.device, devices=1, max_epochs=settings["epochs"], max_steps=max_steps,
-                        logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1,
-                        callbacks=[curriculum, summary], default_root_dir=str(workdir / schedule),
-                        precision=ctx.precision)
+    cli = build_fit(ctx, workdir / schedule,
+                    model={"base_model": settings["model"], "roles": roles_in(train_file)},
+                    data={"train_file": str(train_file), "schedule": {"name": schedule},
+                          "max_length": settings["max_length"], "batch_size": settings["batch"]},
+                    trainer={"max_epochs": settings["epochs"], "max_steps": max_steps})
+    cli.datamodule.setup()  # render once, outside the clock, as in the throughput benchmark
+    summary, curriculum = callback(cli, ThroughputSummary), callback(cli, CurriculumCallback)
     with Timer(ctx.device) as t, contextlib.redirect_stdout(io.StringIO()):
-        trainer.fit(module, datamodule=dm)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     horizons = [int(curriculum.history[e]["curriculum/horizon"]) for e in sorted(curriculum.history)]
     return {"seconds": t.seconds, "trained_tokens": sum(summary.trained_tokens.values()),
             "real_tokens": summary.real_tokens, "steps": summary.steps, "horizons": horizons}
 
 
 def run(ctx: Context) -> dict:
-    _quiet()
+    quiet_training_logs()
     rec = Recorder("curriculum_cost", ctx)
     settings = _settings(ctx)
     train_file, origin = training_file(ctx, settings["per_system"], "train_curriculum.jsonl")

@@ -1,9 +1,11 @@
 """Memory: peak resident memory of one base model with 1 and with 3 role adapters, while training.
 
 Each configuration runs in a fresh child process (``python -m prost_lightning.bench.memory``),
-so the peaks do not mix and the allocator starts clean. The child builds a RoleLoRAModule, then
-runs the same number of AdamW steps on random token batches, cycling through its roles the way a
-fit with role-homogeneous batches does (every adapter gets gradients and optimizer state).
+so the peaks do not mix and the allocator starts clean. The child builds the Trainer and model
+that `prost fit` builds (prost_fit.py) and fits the same number of AdamW steps on random token
+batches of a fixed size, cycling through its roles the way a fit with role-homogeneous batches
+does (every adapter gets gradients and optimizer state). The peak is the fit's own (reset at fit
+start, as the fit summary's), so the base model and every adapter are resident in it.
 Target: peak(3 adapters) <= 1.05 x peak(1 adapter): adapters are small next to the shared base.
 """
 
@@ -14,6 +16,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 from prost_lightning.bench.common import Context, Recorder, child_json
 from prost_lightning.peak_memory import peak_bytes
@@ -89,41 +93,55 @@ def run(ctx: Context) -> dict:
 
 
 # ---- child process --------------------------------------------------------------------------
-def _child(args: argparse.Namespace) -> dict:
+def _random_role_batches(roles: list[str], steps: int, batch: int, seq: int, vocab: int):
+    """``steps`` batches of random tokens, cycling through the roles the way a fit with
+    role-homogeneous batches does (every adapter gets gradients and optimizer state)."""
     import torch
+    from torch.utils.data import DataLoader
 
-    from prost_lightning.model import LORA_MARK, RoleLoRAModule
+    generator = torch.Generator().manual_seed(0)
+    batches = []
+    for step in range(steps):
+        ids = torch.randint(0, vocab, (batch, seq), generator=generator)
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(),
+                        "role": roles[step % len(roles)]})
+    return DataLoader(batches, batch_size=None)  # each item is already a batch
 
+
+def _child(args: argparse.Namespace) -> dict:
+    import contextlib
+    import io
+
+    from prost_lightning.bench.common import Context
+    from prost_lightning.bench.prost_fit import build_fit, quiet_training_logs
+    from prost_lightning.bench.trajectories import fixture_file
+    from prost_lightning.model import LORA_MARK
+
+    quiet_training_logs()
     import_rss = peak_bytes()
     roles = ROLES[: args.adapters]
-    module = RoleLoRAModule(base_model=args.model, roles=roles, dtype=args.dtype, quantization=args.quantization,
-                            warmup_steps=1, export_adapters=False)
-    if args.device == "cuda":
-        if args.quantization == "none":
-            module.to("cuda")
-        torch.cuda.reset_peak_memory_stats()
-    device = next(module.model.parameters()).device
-    lora = [p for n, p in module.model.named_parameters() if LORA_MARK in n and f".{roles[0]}." in n]
-    adapter_bytes = sum(p.numel() * p.element_size() for p in lora)
-    base_bytes = sum(p.numel() * p.element_size() for n, p in module.model.named_parameters() if LORA_MARK not in n)
-    optimizer = module.configure_optimizers()["optimizer"]
-    generator = torch.Generator().manual_seed(0)
-    vocab = module.model.get_input_embeddings().num_embeddings
-    module.train()
-    for step in range(args.steps):
-        role = roles[step % len(roles)]
-        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=generator).to(device)
-        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(), "role": role}
-        module._roles_since_step.add(role)
-        loss = module._loss(batch)
-        loss.backward()
-        module.on_before_optimizer_step(optimizer)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    peak_cuda = torch.cuda.max_memory_allocated() if args.device == "cuda" else 0
-    return {"adapters": args.adapters, "peak_rss": peak_bytes(), "import_rss": import_rss,
-            "adapter_bytes": adapter_bytes, "base_bytes": base_bytes, "peak_cuda": peak_cuda,
-            "loss": float(loss.detach())}
+    # `prost fit`'s Trainer and model; the data module is built (it is part of the CLI) but the
+    # fit is fed random batches of a fixed size, so the peaks of 1 and 3 adapters compare alike
+    with tempfile.TemporaryDirectory(prefix="prost-bench-memory-") as workdir:
+        ctx = Context(device=args.device, workdir=Path(workdir))
+        cli = build_fit(ctx, Path(workdir),
+                        model={"base_model": args.model, "roles": roles, "dtype": args.dtype,
+                               "quantization": args.quantization},
+                        data={"train_file": str(fixture_file())},
+                        trainer={"max_steps": args.steps, "max_epochs": 1})
+        model = cli.model.model
+        lora = [p for n, p in model.named_parameters() if LORA_MARK in n and f".{roles[0]}." in n]
+        adapter_bytes = sum(p.numel() * p.element_size() for p in lora)
+        base_bytes = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if LORA_MARK not in n)
+        batches = _random_role_batches(roles, args.steps, args.batch, args.seq,
+                                       model.get_input_embeddings().num_embeddings)
+        with contextlib.redirect_stdout(io.StringIO()):  # the fit summary line
+            cli.trainer.fit(cli.model, train_dataloaders=batches)  # resets the peak at fit start
+        device = cli.model.device
+        steps = cli.trainer.global_step
+    return {"adapters": args.adapters, "steps": steps, "peak_rss": peak_bytes(), "import_rss": import_rss,
+            "adapter_bytes": adapter_bytes, "base_bytes": base_bytes,
+            "peak_cuda": peak_bytes(device) if args.device == "cuda" else 0}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,6 +145,12 @@ def render_markdown(data: dict, results_path: Path | str) -> str:
         "and tokens/s are shown for context only and are not comparable across machines. A shared or busy "
         "machine makes absolute figures noisy; timings are best-of-N where noted.",
         "",
+        "The training benchmarks (train_throughput, curriculum_cost, memory) measure the fit a user runs: "
+        "their Trainer, model and data module are built by the entry point of `prost fit` (its LightningCLI, "
+        "`cli.lightning_main(..., run=False)`, in `bench/prost_fit.py`), with its Trainer defaults and callbacks; "
+        "the benchmark only turns off logging and checkpoints and starts its clock after the data is rendered "
+        "and the model loaded.",
+        "",
         "How to reproduce:",
         "",
         REPRODUCE,

@@ -56,6 +56,8 @@ def run(ctx: Context) -> dict:
     system = d["system"]
     roles = list(system_roles(system))
     ids = held_out_tasks(root, d["eval_split"], 1 if ctx.quick else d["eval_scenarios"])
+    if ctx.quick:
+        ids = ids[:1]  # one episode (one server) is enough to compare the engines' messages
     tasks = load_tasks(root, task_ids=ids)
     model_name = ctx.real_model
     prompts = PromptSet(str(COMPACT_PROMPTS) if COMPACT_PROMPTS.is_dir() else None)

@@ -153,8 +153,8 @@ def run(ctx: Context) -> dict:
     rec = Recorder("rollouts", ctx)
     root = world_root(ctx)
     servers = 2
-    episodes = 2 * servers if ctx.quick else 8 * servers
-    repeats = 20 if ctx.quick else 200
+    episodes = servers if ctx.quick else 8 * servers  # quick: one episode per server and setting
+    repeats = 10 if ctx.quick else 200
     tasks = _tasks(root, episodes)
     from prost_lightning.env.runtime import load_preamble
 

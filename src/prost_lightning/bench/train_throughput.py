@@ -1,7 +1,8 @@
 """Training throughput: trained tokens/s of our fit loop against a plain transformers Trainer + PEFT.
 
-Ours: Lightning Trainer + RoleLoRAModule (one adapter per role) + TrajectoryDataModule
-(role-homogeneous, length-grouped batches, each padded to its longest sample). Baseline: the
+Ours: the Trainer that `prost fit` builds (prost_fit.py), with RoleLoRAModule (one adapter per
+role) and TrajectoryDataModule (role-homogeneous, length-grouped batches, each padded to its
+longest sample). Baseline: the
 obvious alternative, transformers ``Trainer`` on a PEFT model with one adapter, random sample order
 and ``DataCollatorForSeq2Seq`` padding to the longest sample of each batch. Both train on exactly
 the same samples (our renderer's token ids and loss masks, all sub-tasks active), with the same
@@ -15,18 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
-import os
-import warnings
 from pathlib import Path
 
 from prost_lightning.bench.common import Context, Recorder, Timer
-from prost_lightning.bench.trajectories import training_file
+from prost_lightning.bench.prost_fit import LEARNING_RATE, build_fit, callback, quiet_training_logs
+from prost_lightning.bench.trajectories import roles_in, training_file
 from prost_lightning.data.render import IGNORE_INDEX
 
 TARGET_SPEEDUP = 1.3
 TARGET_REAL_FRACTION = 0.95
-LEARNING_RATE = 5e-4
 
 
 def _configs(ctx: Context) -> list[dict]:
@@ -59,40 +57,23 @@ class _CountingCollator:
         return batch
 
 
-def _quiet() -> None:
-    import lightning  # noqa: F401  (its import sets its loggers to INFO: import first, then lower them)
-
-    os.environ.setdefault("WANDB_MODE", "disabled")
-    for name in ("lightning.pytorch", "lightning.fabric", "transformers", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="lightning")
-
-
 def prepare_ours(cfg: dict, train_file: Path, ctx: Context, quantization: str, workdir: Path):
-    """Build our side (data rendered, model loaded); returns a function that runs one timed fit."""
-    import lightning as L
-
-    from prost_lightning.curriculum import ScheduleConfig
-    from prost_lightning.data.datamodule import TrajectoryDataModule
-    from prost_lightning.model import RoleLoRAModule
+    """Our side, as `prost fit` builds it; returns a function that runs one timed fit. Each fit gets
+    a fresh CLI (model, data, Trainer), its data rendered and model loaded before the clock starts."""
     from prost_lightning.summary import ThroughputSummary
 
-    dm = TrajectoryDataModule(str(train_file), tokenizer=cfg["model"], schedule=ScheduleConfig("full"),
-                              max_length=cfg["max_length"], batch_size=cfg["batch"], seed=0)
-    dm.setup()  # renders every conversation now, so the timed fit only trains (as the baseline does)
-    module = RoleLoRAModule(base_model=cfg["model"], roles=dm.trained_roles, dtype=ctx.dtype,
-                            quantization=quantization, learning_rate=LEARNING_RATE, warmup_steps=1,
-                            export_adapters=False)
+    roles = roles_in(train_file)
 
     def fit_once() -> dict:
-        summary = ThroughputSummary()
-        trainer = L.Trainer(accelerator=ctx.device, devices=1, max_epochs=cfg["epochs"], logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            num_sanity_val_steps=0, reload_dataloaders_every_n_epochs=1, callbacks=[summary],
-                            default_root_dir=str(workdir / "ours"),
-                            precision=ctx.precision)
+        cli = build_fit(ctx, workdir / "ours",
+                        model={"base_model": cfg["model"], "roles": roles, "quantization": quantization},
+                        data={"train_file": str(train_file), "schedule": {"name": "full"},
+                              "max_length": cfg["max_length"], "batch_size": cfg["batch"]},
+                        trainer={"max_epochs": cfg["epochs"]})
+        cli.datamodule.setup()  # renders every conversation now, so the timed fit only trains (as the baseline does)
+        summary = callback(cli, ThroughputSummary)
         with Timer(ctx.device) as t, contextlib.redirect_stdout(io.StringIO()):
-            trainer.fit(module, datamodule=dm)
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         return {"seconds": t.seconds, "trained_tokens": sum(summary.trained_tokens.values()),
                 "real_tokens": summary.real_tokens, "total_tokens": summary.total_tokens, "steps": summary.steps}
 
@@ -156,9 +137,10 @@ def compare(cfg: dict, train_file: Path, ctx: Context, quantization: str, workdi
 
 
 def run(ctx: Context) -> dict:
-    _quiet()
+    quiet_training_logs()
     rec = Recorder("train_throughput", ctx)
     rec.settings = {"configs": [], "learning_rate": LEARNING_RATE, "dtype": ctx.dtype,
+                    "ours": "the LightningCLI of `prost fit` (cli.lightning_main, run=False)",
                     "timing": "wall time of Trainer.fit / Trainer.train, best of the repeats"}
     for cfg in _configs(ctx):
         train_file, origin = training_file(ctx, cfg["per_system"], f"train_{cfg['label']}.jsonl", cfg["source"])

@@ -54,6 +54,11 @@ def oracle_files(ctx: Context, tasks: int = ORACLE_TASKS) -> list[Path] | None:
     return files
 
 
+def roles_in(path: Path) -> list[str]:
+    """Every role of the file's trajectories: what a benchmark fit trains (``model.roles``)."""
+    return sorted({role for trajectory in read_trajectories(path) for role in trajectory.roles})
+
+
 def training_file(ctx: Context, per_system: int | None, name: str, source: str = "oracle") -> tuple[Path, str]:
     """A JSONL file in the work dir with the first ``per_system`` trajectories of each agent system
     (all when None), from the mini-world's oracle data (``source="oracle"``, full runs only) or the

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ProstError
-from ..metrics import goal_completion
+from ..metrics import goal_completion, scenario_of
 from .client import EnvError
 from .pool import ServerPool
 from .runtime import PREAMBLE_PATH, appworld_python, load_preamble, project_root
@@ -66,7 +66,8 @@ def build(root: str | None = None, seed: int = 0, cells: str | None = None) -> d
     Args:
         root: the world root to (re)create (default: worlds/mini)
         seed: the seed the task variants are drawn with (same seed, same world)
-        cells: an extension file (YAML) of extra cells and new splits, see docs/miniworld.md
+        cells: an extension file (YAML) of new families (Python files), extra cells and new splits,
+            see docs/miniworld.md
     """
     from .miniworld import MiniWorldBuildError
     from .miniworld import build as build_miniworld
@@ -198,7 +199,7 @@ def _split_rates(split_ids: dict[str, list[str]], by_id: dict[str, dict]) -> dic
         members = [by_id[t] for t in ids if t in by_id]
         report[split] = {
             "tasks": len(members),
-            "scenarios": len({t.split("_")[0] for t in ids if t in by_id}),
+            "scenarios": len({scenario_of(t) for t in ids if t in by_id}),
             "oracle_tgc": _rates(members, "oracle")["tgc"],
             "oracle_sgc": _rates(members, "oracle")["sgc"],
             "noop_tgc": _rates(members, "noop")["tgc"],

@@ -18,10 +18,15 @@ class MiniWorldBuildError(RuntimeError):
     """The builder failed; the message carries its stderr tail."""
 
 
-def read_extension(path: str | Path) -> dict:
-    """An extension file (YAML or JSON) -> {"cells": [[family, key, split], ...], "splits": [...]},
-    checked against the families before the AppWorld builder starts.
+EXTENSION_KEYS = ("families", "splits", "cells")
 
+
+def read_extension(path: str | Path) -> dict:
+    """An extension file (YAML or JSON) -> {"families": [absolute paths], "cells": [[family, key,
+    split], ...], "splits": [...]}, checked before the AppWorld builder starts: the family files
+    load and register, the grid passes ``check_grid`` and every task of it is made once.
+
+        families: [my_families.py]           # Python files (relative to this file) with register(families)
         splits: [test_custom]                # new split names (each gets datasets/<name>.txt)
         cells:                               # (family, cell key, split) added to SCENARIOS
           - {family: count_and_message, key: alarms-email, split: test_custom}
@@ -35,8 +40,14 @@ def read_extension(path: str | Path) -> dict:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
         raise MiniWorldBuildError(f"{path}: cannot read the extension file ({error})") from None
-    if not isinstance(raw, dict) or set(raw) - {"cells", "splits"}:
-        raise MiniWorldBuildError(f"{path}: an extension file has the keys 'cells' and 'splits' only")
+    if not isinstance(raw, dict) or set(raw) - set(EXTENSION_KEYS):
+        raise MiniWorldBuildError(f"{path}: an extension file has the keys {', '.join(map(repr, EXTENSION_KEYS))} only")
+    family_files = []
+    for i, name in enumerate(raw.get("families") or []):
+        file = (path.parent / str(name)).resolve()
+        if not file.is_file():
+            raise MiniWorldBuildError(f"{path}: families[{i}]: no file {file} (paths are relative to the extension file)")
+        family_files.append(str(file))
     splits = [str(s) for s in raw.get("splits") or []]
     cells = []
     for i, cell in enumerate(raw.get("cells") or []):
@@ -44,10 +55,11 @@ def read_extension(path: str | Path) -> dict:
             raise MiniWorldBuildError(f"{path}: cells[{i}] must have exactly family, key and split; got {cell!r}")
         cells.append([str(cell["family"]), str(cell["key"]), str(cell["split"])])
     try:
-        families.check_grid((*families.SCENARIOS, *map(tuple, cells)), (*families.SPLITS, *splits))
-    except families.CellError as error:
+        with families.family_files(family_files):
+            families.all_tasks(0, cells, splits)  # pure Python, a fraction of a second: every cell made once
+    except (families.CellError, families.FamilyError) as error:
         raise MiniWorldBuildError(f"{path}: {error}") from None
-    return {"cells": cells, "splits": splits}
+    return {"families": family_files, "cells": cells, "splits": splits}
 
 
 def build(root: str | Path, seed: int = 0, timeout_s: float = BUILD_TIMEOUT_S,
@@ -55,7 +67,7 @@ def build(root: str | Path, seed: int = 0, timeout_s: float = BUILD_TIMEOUT_S,
     """Build the mini-world data root at `root` (replaced atomically); returns the build summary.
 
     The summary is the builder's JSON line: root, tasks, scenarios and timings. ``extension``: a
-    file of extra cells and splits (:func:`read_extension`).
+    file of extra families, cells and splits (:func:`read_extension`).
     """
     import tempfile
 

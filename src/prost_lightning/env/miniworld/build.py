@@ -203,8 +203,11 @@ class RefusedRoot(Exception):
 
 
 def build(root: Path, seed: int, extension: dict | None = None) -> dict:
-    """``extension``: {"cells": [[family, key, split], ...], "splits": [name, ...]} added to the grid."""
+    """``extension``: {"families": [family file, ...], "cells": [[family, key, split], ...],
+    "splits": [name, ...]} added to the registry and the grid."""
     extension = extension or {}
+    for family_file in extension.get("families", ()):
+        families.load_family_file(family_file)
     cells, new_splits = tuple(extension.get("cells", ())), tuple(extension.get("splits", ()))
     families.check_grid((*families.SCENARIOS, *(tuple(c) for c in cells)), (*families.SPLITS, *new_splits))
     started = time.perf_counter()
@@ -265,12 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, type=Path, help="the data root to (re)create")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--extension", type=Path, help="JSON file of extra cells and splits")
+    parser.add_argument("--extension", type=Path, help="JSON file of extra families, cells and splits")
     args = parser.parse_args(argv)
     extension = json.loads(args.extension.read_text()) if args.extension else None
     try:
         summary = build(args.root, args.seed, extension)
-    except (RefusedRoot, families.CellError) as error:
+    except (RefusedRoot, families.CellError, families.FamilyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(summary), flush=True)

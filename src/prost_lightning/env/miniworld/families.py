@@ -7,6 +7,10 @@ parameters, other seeded data and another phrasing of the instruction. Splits ar
 whole `count_and_message` family (a recombination of count + direct message, absent from
 training) goes to test_challenge.
 
+Families live in the registry ``FAMILIES``: the built-in ones below and those a family file adds
+(:func:`load_family_file`, through ``add_family``), so a new task shape needs no edit here
+(docs/miniworld.md, "Extending the mini-world").
+
 `all_tasks(seed)` returns plain dicts that build.py turns into AppWorld task folders:
 task_id, scenario, family, variant, split, difficulty, apps, instruction, seed (rows, see
 catalog.py), question (bool), answer, expected ({"added", "deleted", "updated"} by "app.Model"),
@@ -15,10 +19,16 @@ subtasks ([{"description", "code"}]).
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
+import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+from . import catalog, subtasks  # noqa: F401  (building blocks a family file reaches through this module)
 from . import subtasks as st
 from .catalog import (
     ALARMS,
@@ -41,25 +51,42 @@ SPLITS = ("train", "dev", "test_normal", "test_challenge")
 
 @dataclass(frozen=True)
 class Family:
+    """One task shape. ``make(key, rng, variant)`` returns the task's fields (see the module
+    docstring) with one plan step per kind; ``check(key)`` says why a cell key cannot be built
+    (None when it can), so a bad cell fails before the build rather than as a broken task."""
+
     name: str
-    code: str  # alphanumeric, used in task ids
-    kinds: tuple[str, ...]  # sub-task kinds, in order
+    code: str  # lower-case alphanumeric, unique: the start of every task id of the family
+    kinds: tuple[str, ...]  # sub-task kinds, in order: one plan step each
     difficulty: int
     make: Callable  # (key, rng, variant) -> partial task dict
+    check: Callable[[str], str | None] = lambda key: None
 
 
-def _pick_counts(rng, lo_total=7, hi_total=11, lo_match=1, hi_match=4) -> tuple[int, int]:
+def pick_counts(rng, lo_total=7, hi_total=11, lo_match=1, hi_match=4) -> tuple[int, int]:
+    """(matching items, all items) of a seeded collection."""
     total = rng.randint(lo_total, hi_total)
     return rng.randint(lo_match, hi_match), total
 
 
-def _items_seed(coll: Collection, rng, keyword: str, n_match: int, n_total: int,
-                match_flag: bool | None = None):
+def items_seed(coll: Collection, rng, keyword: str, n_match: int, n_total: int,
+               match_flag: bool | None = None):
+    """Items of ``coll`` (``n_match`` of them matching ``keyword``, each tagged ``match``) in a
+    seeded order, and the seed rows that put them in the task's database."""
     matching, other = make_items(coll, rng, keyword, n_match, n_total, match_flag)
     tagged = [dict(item, match=True) for item in matching] + [dict(item, match=False)
                                                                for item in other]
     items = shuffled(rng, tagged)
     return items, seed_items(coll, rng, "i", items)
+
+
+def draw_items(coll: Collection, rng, lo_match: int = 1, match_flag: bool | None = None):
+    """(keyword, n_match, items, seed rows): a keyword of ``coll``, how many items match it, then the
+    items; the draw every keyword family starts with (in this order, so a seed gives the same task)."""
+    keyword = rng.choice(coll.keywords)
+    n_match, n_total = pick_counts(rng, lo_match=lo_match)
+    items, seed = items_seed(coll, rng, keyword, n_match, n_total, match_flag)
+    return keyword, n_match, items, seed
 
 
 def _refs(items: list[dict], which: Callable[[dict], bool], suffix: str = "") -> list[str]:
@@ -69,9 +96,7 @@ def _refs(items: list[dict], which: Callable[[dict], bool], suffix: str = "") ->
 # ---------------------------------------------------------------- single-app question families
 def make_count_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     phrasing = (
         "How many {plural} {match} do I have in {app}?",
         "Count my {app} {plural} {match} and tell me the number.",
@@ -87,9 +112,7 @@ def make_count_keyword(key: str, rng, variant: int) -> dict:
 
 def make_count_flag(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     answer = sum(1 for item in items if item["flag"])
     phrasing = (
         "How many of my {app} {plural} are {adj}?",
@@ -113,9 +136,7 @@ def _deleted(coll: Collection, items: list[dict]) -> dict:
 
 def make_delete_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     phrasing = (
         "Delete all my {app} {plural} {match}.",
         "Please remove every {noun} {match} from my {app} account.",
@@ -132,9 +153,7 @@ def make_delete_keyword(key: str, rng, variant: int) -> dict:
 
 def make_update_keyword(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total, match_flag=False)
+    keyword, n_match, items, seed = draw_items(coll, rng, match_flag=False)
     it = (f"all my {coll.app_title} {coll.plural} {coll.match_phrase(keyword)}",
           f"every {coll.noun} {coll.match_phrase(keyword)} in my {coll.app_title} account",
           "them")[variant]
@@ -211,7 +230,7 @@ def make_create(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
     # A few existing items, so the world is not empty and collateral damage is detectable.
     n_total = rng.randint(3, 6)
-    items, seed = _items_seed(coll, rng, rng.choice(coll.keywords), 1, n_total)
+    items, seed = items_seed(coll, rng, rng.choice(coll.keywords), 1, n_total)
     fields = CREATE_FIELDS[key](rng)
     while any(item["name"] in fields.values() for item in items):
         fields = CREATE_FIELDS[key](rng)
@@ -446,9 +465,7 @@ NOTE_TITLES = ("Overview", "Summary", "Inventory", "Roundup")
 
 def make_list_to_note(key: str, rng, variant: int) -> dict:
     coll = COLLECTIONS[key]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng, lo_match=2)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng, lo_match=2)
     title = f"{keyword.capitalize()} {rng.choice(NOTE_TITLES)}"
     names = [item["name"] for item in items if item["match"]]
     phrasing = (
@@ -473,9 +490,7 @@ def make_list_to_note(key: str, rng, variant: int) -> dict:
 def make_count_and_message(key: str, rng, variant: int) -> dict:
     code, action = key.split("-")
     coll = COLLECTIONS[code]
-    keyword = rng.choice(coll.keywords)
-    n_match, n_total = _pick_counts(rng)
-    items, seed = _items_seed(coll, rng, keyword, n_match, n_total)
+    keyword, n_match, items, seed = draw_items(coll, rng)
     person = rng.choice(CAST)
     phone = person_phone(person)
     to_said = f"'{phone}'" if action == "text" else f"'{person.email}'"
@@ -507,25 +522,144 @@ def make_count_and_message(key: str, rng, variant: int) -> dict:
                   action_step, st.complete()])
 
 
-FAMILIES = {f.name: f for f in (
-    Family("count_keyword", "ckw", ("login", "collect", "filter", "count"), 1, make_count_keyword),
-    Family("count_flag", "cfl", ("login", "collect", "filter", "count"), 1, make_count_flag),
+class CellError(ValueError):
+    """A scenario cell the families cannot build a sound task for; the message names the cell and why."""
+
+
+class FamilyError(ValueError):
+    """A family that cannot be registered (a clash, a bad code) or a family file that registers none."""
+
+
+# ---------------------------------------------------------------- what a cell key must be
+VENMO_AGGREGATES = ("sumsent", "countdesc", "maxreceived")
+MESSAGE_ACTIONS = ("text", "email")  # what count_and_message can send
+
+
+def collection_problem(key: str, *needed: str) -> str | None:
+    """Why ``key`` is not a collection with the ``Collection`` fields ``needed`` (None when it is)."""
+    coll = COLLECTIONS.get(key)
+    if coll is None:
+        return f"'{key}' is not a collection (known: {', '.join(sorted(COLLECTIONS))})"
+    missing = [name for name in needed if not getattr(coll, name)]
+    if missing:
+        return f"the {coll.plural} collection has no {' / '.join(missing)} (catalog.py), which this family needs"
+    return None
+
+
+def choice_problem(key: str, known, what: str) -> str | None:
+    """Why ``key`` is not one of ``known`` (None when it is); ``what`` names the kind of key."""
+    return None if key in known else f"'{key}' is not a {what} this family knows (known: {', '.join(sorted(known))})"
+
+
+def _count_and_message_problem(key: str) -> str | None:
+    code, _, action = key.partition("-")
+    return (collection_problem(code) or choice_problem(action, MESSAGE_ACTIONS, "message action")
+            if action else f"'{key}' is not '<collection>-<text|email>'")
+
+
+# ---------------------------------------------------------------- the registry
+FAMILIES: dict[str, Family] = {}
+
+
+def add_family(family: Family) -> Family:
+    """Register a family (the built-in ones below, and those of extension files, come through here)."""
+    if not isinstance(family, Family):
+        raise FamilyError(f"add_family takes a families.Family, got {type(family).__name__}")
+    problems = []
+    if not family.name.isidentifier():
+        problems.append("its name must be a Python-style identifier (letters, digits, '_')")
+    if not (family.code.isalnum() and family.code.islower()):
+        problems.append(f"its code '{family.code}' must be lower-case letters and digits (task ids hold "
+                        "exactly one '_')")
+    if not family.kinds or not all(isinstance(kind, str) and kind for kind in family.kinds):
+        problems.append("its kinds must name one sub-task kind per plan step, e.g. ('login', 'collect', 'count')")
+    if not isinstance(family.difficulty, int) or family.difficulty < 1:
+        problems.append(f"its difficulty must be an integer >= 1, got {family.difficulty!r}")
+    if not callable(family.make) or not callable(family.check):
+        problems.append("make and check must be functions")
+    if family.name in FAMILIES:
+        problems.append("a family of that name is already registered")
+    clash = next((f.name for f in FAMILIES.values() if f.code == family.code), None)
+    if clash:
+        problems.append(f"its code '{family.code}' is taken by '{clash}' (scenario ids would collide)")
+    if problems:
+        raise FamilyError(f"family '{family.name}': " + "; ".join(problems))
+    FAMILIES[family.name] = family
+    return family
+
+
+for _family in (
+    Family("count_keyword", "ckw", ("login", "collect", "filter", "count"), 1, make_count_keyword,
+           lambda key: collection_problem(key)),
+    Family("count_flag", "cfl", ("login", "collect", "filter", "count"), 1, make_count_flag,
+           lambda key: collection_problem(key, "flag", "flag_adjective")),
     Family("delete_keyword", "dkw", ("login", "collect", "filter", "delete", "complete"), 2,
-           make_delete_keyword),
+           make_delete_keyword, lambda key: collection_problem(key, "delete_api")),
     Family("update_keyword", "ukw", ("login", "collect", "filter", "update", "complete"), 2,
-           make_update_keyword),
-    Family("create_item", "cre", ("login", "create", "complete"), 1, make_create),
+           make_update_keyword, lambda key: collection_problem(key, "flag", "update_verb", "update_api")),
+    Family("create_item", "cre", ("login", "create", "complete"), 1, make_create,
+           lambda key: collection_problem(key, "create_api") or choice_problem(
+               key, CREATE_FIELDS.keys() & CREATE_PHRASING.keys(), "collection to create in")),
     Family("venmo_aggregate", "vag", ("login", "collect", "filter", "aggregate"), 2,
-           make_venmo_aggregate),
-    Family("direct_send", "dsd", ("login", "send", "complete"), 1, make_direct_send),
-    Family("lookup_send", "lsd", ("login", "lookup", "send", "complete"), 2, make_lookup_send),
+           make_venmo_aggregate, lambda key: choice_problem(key, VENMO_AGGREGATES, "Venmo aggregate")),
+    Family("direct_send", "dsd", ("login", "send", "complete"), 1, make_direct_send,
+           lambda key: choice_problem(key, DIRECT_PHRASING.keys() & ACTION_APP.keys(), "send action")),
+    Family("lookup_send", "lsd", ("login", "lookup", "send", "complete"), 2, make_lookup_send,
+           lambda key: choice_problem(key, LOOKUP_PHRASING.keys() & ACTION_APP.keys(), "send action")),
     Family("lookup_send_log", "lsl", ("login", "lookup", "send", "create", "complete"), 3,
-           make_lookup_send_log),
+           make_lookup_send_log,
+           lambda key: choice_problem(key, LOG_PHRASING.keys() & ACTION_APP.keys(), "send action")),
     Family("list_to_note", "ltn", ("login", "collect", "filter", "create", "complete"), 3,
-           make_list_to_note),
+           make_list_to_note, lambda key: collection_problem(key)),
     Family("count_and_message", "cam", ("login", "collect", "filter", "send", "complete"), 3,
-           make_count_and_message),
-)}
+           make_count_and_message, _count_and_message_problem),
+):
+    add_family(_family)
+
+
+# ---------------------------------------------------------------- family files (extensions)
+def load_family_file(path: str | os.PathLike) -> list[str]:
+    """Run a family file's ``register(families)``, which adds its families with
+    ``families.add_family``; returns their names. The file gets this module as the argument (its
+    building blocks: ``Family``, ``subtasks``, ``catalog``, ``items_seed``, ...), so it imports
+    nothing of the package and loads alike in the main venv and in the AppWorld builder."""
+    path = Path(path)
+    before = set(FAMILIES)
+    try:
+        spec = importlib.util.spec_from_file_location(f"miniworld_extension_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as error:  # the file is the user's: whatever it raises is reported, named
+        raise FamilyError(f"{path}: cannot load the family file ({type(error).__name__}: {error})") from None
+    register = getattr(module, "register", None)
+    if not callable(register):
+        raise FamilyError(f"{path}: a family file defines register(families), which calls "
+                          "families.add_family(families.Family(...)) for each family")
+    try:
+        register(sys.modules[__name__])
+    except FamilyError as error:
+        raise FamilyError(f"{path}: {error}") from None
+    except Exception as error:
+        raise FamilyError(f"{path}: register() failed ({type(error).__name__}: {error})") from None
+    added = sorted(set(FAMILIES) - before)
+    if not added:
+        raise FamilyError(f"{path}: register() added no family; call families.add_family(...)")
+    return added
+
+
+@contextmanager
+def family_files(paths=()):
+    """The registry with the families of ``paths`` added, restored on exit (a check in a long-lived
+    process, such as `prost world build` reading an extension, leaves no trace)."""
+    saved = dict(FAMILIES)
+    try:
+        for path in paths:
+            load_family_file(path)
+        yield FAMILIES
+    finally:
+        FAMILIES.clear()
+        FAMILIES.update(saved)
+
 
 # (family, scenario key, split). Held-out cells are chosen so that each held-out scenario's app
 # and sub-task kinds all appear in training elsewhere in the grid.
@@ -564,51 +698,6 @@ SCENARIOS = (
 )
 
 
-class CellError(ValueError):
-    """A scenario cell the families cannot build a sound task for; the message names the cell and why."""
-
-
-VENMO_AGGREGATES = ("sumsent", "countdesc", "maxreceived")
-MESSAGE_ACTIONS = ("text", "email")  # what count_and_message can send
-
-
-def _collection_problem(key: str, *needed: str) -> str | None:
-    coll = COLLECTIONS.get(key)
-    if coll is None:
-        return f"'{key}' is not a collection (known: {', '.join(sorted(COLLECTIONS))})"
-    missing = [name for name in needed if not getattr(coll, name)]
-    if missing:
-        return f"the {coll.plural} collection has no {' / '.join(missing)} (catalog.py), which this family needs"
-    return None
-
-
-def _choice_problem(key: str, known, what: str) -> str | None:
-    return None if key in known else f"'{key}' is not a {what} this family knows (known: {', '.join(sorted(known))})"
-
-
-def _count_and_message_problem(key: str) -> str | None:
-    code, _, action = key.partition("-")
-    return (_collection_problem(code) or _choice_problem(action, MESSAGE_ACTIONS, "message action")
-            if action else f"'{key}' is not '<collection>-<text|email>'")
-
-
-# family -> (cell key -> why it cannot be built, or None). A cell the builders cannot support would
-# otherwise become a broken task without a word (an empty flag, another app's action, an IndexError).
-CELL_PROBLEMS: dict[str, Callable[[str], str | None]] = {
-    "count_keyword": lambda key: _collection_problem(key),
-    "count_flag": lambda key: _collection_problem(key, "flag", "flag_adjective"),
-    "delete_keyword": lambda key: _collection_problem(key, "delete_api"),
-    "update_keyword": lambda key: _collection_problem(key, "flag", "update_verb", "update_api"),
-    "create_item": lambda key: _collection_problem(key, "create_api") or _choice_problem(
-        key, CREATE_FIELDS.keys() & CREATE_PHRASING.keys(), "collection to create in"),
-    "venmo_aggregate": lambda key: _choice_problem(key, VENMO_AGGREGATES, "Venmo aggregate"),
-    "direct_send": lambda key: _choice_problem(key, DIRECT_PHRASING.keys() & ACTION_APP.keys(), "send action"),
-    "lookup_send": lambda key: _choice_problem(key, LOOKUP_PHRASING.keys() & ACTION_APP.keys(), "send action"),
-    "lookup_send_log": lambda key: _choice_problem(key, LOG_PHRASING.keys() & ACTION_APP.keys(), "send action"),
-    "list_to_note": lambda key: _collection_problem(key),
-    "count_and_message": _count_and_message_problem,
-}
-
 
 def check_grid(scenarios=None, splits=SPLITS) -> None:
     """Refuse, before anything is built, a grid with an unknown family, a duplicate or unsupported
@@ -624,7 +713,7 @@ def check_grid(scenarios=None, splits=SPLITS) -> None:
         if (family_name, key) in seen:
             raise CellError(f"{cell}: the cell appears twice; its task ids would collide")
         seen.add((family_name, key))
-        problem = CELL_PROBLEMS.get(family_name, lambda _key: None)(key)
+        problem = FAMILIES[family_name].check(key)
         if problem:
             raise CellError(f"{cell}: {problem}")
 
@@ -632,6 +721,27 @@ def check_grid(scenarios=None, splits=SPLITS) -> None:
 def scenario_id(family: Family, key: str) -> str:
     """AppWorld task ids hold exactly one '_' (scenario_variant), so ids are alphanumeric."""
     return family.code + "".join(ch for ch in key if ch.isalnum())
+
+
+TASK_FIELDS = ("instruction", "apps", "seed", "question", "answer", "subtasks")
+
+
+def make_task(family: Family, key: str, rng, variant: int, cell: str) -> dict:
+    """``family.make``, checked: a family that raises or returns a malformed task fails here, with
+    the cell named, instead of as a broken task folder."""
+    try:
+        task = family.make(key, rng, variant)
+    except Exception as error:  # an extension family's code is the user's: name the cell
+        raise CellError(f"{cell}: {family.name}.make failed ({type(error).__name__}: {error})") from None
+    missing = [name for name in TASK_FIELDS if not isinstance(task, dict) or name not in task]
+    if missing:
+        raise CellError(f"{cell}: {family.name}.make returned no {', '.join(missing)}")
+    steps = task["subtasks"]
+    if (not isinstance(steps, list) or len(steps) != len(family.kinds)
+            or not all(isinstance(s, dict) and set(s) == {"description", "code"} for s in steps)):
+        raise CellError(f"{cell}: {family.name}.make must return one subtasks.step(description, code) per kind "
+                        f"({len(family.kinds)}: {', '.join(family.kinds)})")
+    return task
 
 
 def all_tasks(seed: int = 0, cells: tuple = (), splits: tuple = ()) -> list[dict]:
@@ -645,7 +755,7 @@ def all_tasks(seed: int = 0, cells: tuple = (), splits: tuple = ()) -> list[dict
         scenario = scenario_id(family, key)
         for variant in range(VARIANTS):
             rng = random.Random(f"{seed}:{scenario}:{variant}")
-            task = family.make(key, rng, variant)
+            task = make_task(family, key, rng, variant, f"cell ({family_name}, {key}, {split})")
             task.setdefault("expected", {})
             task.update(task_id=f"{scenario}_{variant + 1}", scenario=scenario,
                         family=family.name, variant=variant + 1, split=split,
