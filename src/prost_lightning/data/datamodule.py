@@ -38,7 +38,7 @@ def render_file(path: str | Path, tokenizer, roles: list[str] | None, max_length
     concurrently and appends them as they finish, so the file's order, and with it the seeded batch
     order, would otherwise change from one collection to the next.
     """
-    trajectories = sorted(read_trajectories(path), key=lambda t: t.task_id)
+    trajectories = sorted(read_trajectories(path, training=True), key=lambda t: t.task_id)
     present = sorted({r for t in trajectories for r in t.roles})
     unknown = [r for r in roles or [] if r not in present]
     if unknown:
