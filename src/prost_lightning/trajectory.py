@@ -23,6 +23,13 @@ SCHEMA_VERSION = 1
 
 ChatRole = Literal["system", "user", "assistant"]
 
+# The roles of the built-in agent systems (agents/systems.py takes its roles from here). A trajectory
+# of a built-in system with another role is a mistake; a system of your own may have any roles.
+BUILTIN_SYSTEM_ROLES: dict[str, tuple[str, ...]] = {
+    "single": ("agent",),
+    "planner_executor": ("planner", "executor"),
+}
+
 
 class TrajectoryError(ProstError, ValueError):
     """Bad trajectory input; the message says where (file:line, field) and how to fix it."""
@@ -120,16 +127,32 @@ class Trajectory(_Strict):
                 raise ValueError(f"conversations.{ci}.subtask: {conv.subtask} > number of sub-tasks {k}")
             last = 0
             for mi, msg in enumerate(conv.messages):
-                if msg.role == "assistant" and not msg.content.strip():
-                    raise ValueError(f"conversations.{ci}.messages.{mi}.content: an assistant message is empty; "
-                                     "it would train the model to say nothing")
                 where = f"conversations.{ci}.messages.{mi}.subtask"
                 if msg.subtask > k:
                     raise ValueError(f"{where}: {msg.subtask} > number of sub-tasks {k}")
                 if msg.subtask < last:
                     raise ValueError(f"{where}: sub-task indices must not decrease along a conversation")
                 last = msg.subtask
+        expected = BUILTIN_SYSTEM_ROLES.get(self.system)
+        for ci, conv in enumerate(self.conversations):
+            if expected is not None and conv.role not in expected:
+                raise ValueError(f"conversations.{ci}.role: '{conv.role}' is not a role of the '{self.system}' system "
+                                 f"(its roles: {', '.join(expected)})")
         return self
+
+    def training_problem(self) -> str | None:
+        """Why this record must not be trained on, though it is a faithful record; None when it may.
+
+        An evaluated model may well have answered nothing, and ``prost eval`` keeps that turn as it
+        happened; training on it would teach the model to say nothing.
+        """
+        for ci, conv in enumerate(self.conversations):
+            for mi, msg in enumerate(conv.messages):
+                if msg.role == "assistant" and not msg.content.strip():
+                    return (f"field 'conversations.{ci}.messages.{mi}.content': an assistant message is empty; "
+                            "training on it would teach the model to say nothing. Remove that trajectory from the "
+                            "training file (or drop the empty turn)")
+        return None
 
 
 def _describe(err: ValidationError) -> str:
@@ -225,7 +248,11 @@ def iter_trajectories(path: str | os.PathLike) -> Iterator[Trajectory]:
 
 
 def read_trajectories(path: str | os.PathLike, training: bool = False) -> list[Trajectory]:
-    """Every trajectory of the file; ``training`` also refuses an empty file and repeated task ids."""
+    """Every trajectory of the file.
+
+    ``training`` also refuses what a faithful record may hold but training must not take: an empty
+    file, a repeated task id (it would double that task's weight) and empty assistant turns.
+    """
     trajectories = list(iter_trajectories(path))
     if not training:
         return trajectories
@@ -236,6 +263,9 @@ def read_trajectories(path: str | os.PathLike, training: bool = False) -> list[T
     with Path(path).open("rb") as f:
         lines = [n for n, raw in enumerate(f, 1) if raw.strip()]
     for lineno, t in zip(lines, trajectories, strict=True):
+        problem = t.training_problem()
+        if problem:
+            raise TrajectoryError(f"{path}:{lineno}: {problem}")
         if t.task_id in seen:
             # a repeat would silently double that task's weight in training
             raise TrajectoryError(f"{path}:{lineno}: field 'task_id': '{t.task_id}' already on line {seen[t.task_id]}; "
