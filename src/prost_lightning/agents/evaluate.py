@@ -70,7 +70,10 @@ def evaluate_system(
         progress: show a rich progress bar.
     """
     from prost_lightning.agents.factory import model_policies
+    from prost_lightning.files import check_writable
 
+    if out:
+        check_writable(out, "--out")  # before any episode: their work would be lost
     root_path = require_world_root(root)
     roles = system_roles(system)
     model, tokenizer, adapter_for, num_parameters = load_trained(roles, adapters=adapters, ckpt_path=ckpt_path,
