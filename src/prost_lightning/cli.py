@@ -97,8 +97,9 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             config = self.config.get(self.subcommand, self.config)
             root = config.trainer.default_root_dir or "."
             check_writable(root, "trainer.default_root_dir", folder=True)
-            check_training_files(config.data.train_file, config.data.val_file,
-                                 config.data.get("roles") or config.model.get("roles"))
+            if self.subcommand is not None:  # a command to run: its data before the model (run=False reads at setup)
+                check_training_files(config.data.train_file, config.data.val_file,
+                                     config.data.get("roles") or config.model.get("roles"))
             # `logger: true` means CSV under default_root_dir, whatever else is installed
             # (Lightning would pick TensorBoard when present); W&B is added explicitly.
             if config.trainer.logger in (None, True):
@@ -131,15 +132,8 @@ def _option_names(parser, argv: list[str]) -> list[str]:
     """The dotted keys the chosen subcommand accepts (for 'did you mean')."""
     verb = next((a for a in argv if a in LIGHTNING_VERBS), None)
     action = getattr(parser, "_subcommands_action", None)
-    sub = action._name_parser_map.get(verb) if action is not None and verb else None
-    names: list[str] = []
-    stack = [sub or parser]
-    while stack:
-        current = stack.pop()
-        for a in current._actions:
-            if a.dest and a.dest not in ("help", "config", "print_config"):
-                names.append(a.dest)
-    return names
+    chosen = (action._name_parser_map.get(verb) if action is not None and verb else None) or parser
+    return [a.dest for a in chosen._actions if a.dest and a.dest not in ("help", "config", "print_config")]
 
 
 def _add_resume_checkpoint(config) -> None:
