@@ -47,44 +47,119 @@ def _load(target: str):
 
 
 def lightning_main(args: list[str] | None = None, run: bool = True):
-    """Build the LightningCLI (also used by tests with run=False to instantiate a config)."""
+    """Build the LightningCLI (also used by tests with run=False to instantiate a config).
+
+    Every configuration mistake ends as one ConfigError before anything is written: config files
+    are checked first, parse errors become one line, and the data, run folder and checkpoint are
+    checked before the model is built.
+    """
+    from argparse import ArgumentError
+
     from jsonargparse import Namespace
     from lightning.pytorch.cli import LightningCLI
 
+    from prost_lightning.config_errors import check_config_files, describe_argument_error
     from prost_lightning.curriculum import CurriculumCallback
-    from prost_lightning.data.datamodule import TrajectoryDataModule
+    from prost_lightning.data.datamodule import TrajectoryDataModule, check_training_files
+    from prost_lightning.errors import ConfigError
+    from prost_lightning.files import check_writable
     from prost_lightning.model import RoleLoRAModule
+    from prost_lightning.resume import resolve_ckpt_path
     from prost_lightning.summary import ThroughputSummary
+
+    argv = list(sys.argv[1:] if args is None else args)
+    check_config_files(argv)
 
     class ProstCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
             # one name for the base model: the tokenizer and the roles follow the model
             parser.link_arguments("model.base_model", "data.tokenizer")
             parser.link_arguments("model.roles", "data.roles")
+            parser.add_argument("--checkpoint_every_n_steps", type=int | None, default=None,
+                                help="save checkpoints/last.ckpt every N optimizer steps (default: every epoch)")
+
+        def parse_arguments(self, parser, args):
+            try:
+                super().parse_arguments(parser, args)
+            except ArgumentError as error:
+                raise ConfigError(describe_argument_error(str(error), argv, _option_names(parser, argv))) from None
+            config = self.config.get(self.config.get("subcommand") or "", self.config)
+            root = config.trainer.default_root_dir or "."
+            if "ckpt_path" in config:
+                config.ckpt_path = resolve_ckpt_path(config.ckpt_path, root)
+
+        def _parse_ckpt_path(self):
+            # Lightning would merge the checkpoint's hyper-parameters into the config, loading it with
+            # weights_only=True, which refuses ours (they hold LoraSettings); the model checks instead
+            # that the checkpoint's adapters match the configured roles (RoleLoRAModule.on_load_checkpoint).
+            pass
 
         def before_instantiate_classes(self):
+            config = self.config.get(self.subcommand, self.config)
+            root = config.trainer.default_root_dir or "."
+            check_writable(root, "trainer.default_root_dir", folder=True)
+            if self.subcommand is not None:  # a command to run: its data before the model (run=False reads at setup)
+                check_training_files(config.data.train_file, config.data.val_file,
+                                     config.data.get("roles") or config.model.get("roles"))
             # `logger: true` means CSV under default_root_dir, whatever else is installed
             # (Lightning would pick TensorBoard when present); W&B is added explicitly.
-            config = self.config.get(self.subcommand, self.config)
             if config.trainer.logger in (None, True):
-                root = config.trainer.default_root_dir or "."
                 config.trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
                                                   init_args=Namespace(save_dir=root))
+            if self.subcommand in (None, "fit"):
+                _add_resume_checkpoint(config)
 
-    return ProstCLI(
-        RoleLoRAModule,
-        TrajectoryDataModule,
-        trainer_defaults={
-            # the curriculum rebuilds the train set every epoch
-            "reload_dataloaders_every_n_epochs": 1,
-            # the data module shards role-synchronised batches across ranks itself
-            "use_distributed_sampler": False,
-            "callbacks": [CurriculumCallback(), ThroughputSummary()],
-        },
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    try:
+        return ProstCLI(
+            RoleLoRAModule,
+            TrajectoryDataModule,
+            trainer_defaults={
+                # the curriculum rebuilds the train set every epoch
+                "reload_dataloaders_every_n_epochs": 1,
+                # the data module shards role-synchronised batches across ranks itself
+                "use_distributed_sampler": False,
+                "callbacks": [CurriculumCallback(), ThroughputSummary()],
+            },
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False, **{verb: {"exit_on_error": False} for verb in LIGHTNING_VERBS}},
+            args=args,
+            run=run,
+        )
+    except ArgumentError as error:  # raised outside parse_arguments (e.g. by a subcommand's own parser)
+        raise ConfigError(describe_argument_error(str(error), argv, [])) from None
+
+
+def _option_names(parser, argv: list[str]) -> list[str]:
+    """The dotted keys the chosen subcommand accepts (for 'did you mean')."""
+    verb = next((a for a in argv if a in LIGHTNING_VERBS), None)
+    action = getattr(parser, "_subcommands_action", None)
+    chosen = (action._name_parser_map.get(verb) if action is not None and verb else None) or parser
+    return [a.dest for a in chosen._actions if a.dest and a.dest not in ("help", "config", "print_config")]
+
+
+def _add_resume_checkpoint(config) -> None:
+    """The checkpoint `--ckpt_path last` resumes, unless checkpointing is off or configured by the user."""
+    from jsonargparse import Namespace
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from prost_lightning.errors import ConfigError
+
+    every = config.get("checkpoint_every_n_steps")
+    if every is not None and every < 1:
+        raise ConfigError(f"checkpoint_every_n_steps: must be >= 1 (or null for every epoch), got {every}")
+    if config.trainer.get("enable_checkpointing") is False:
+        return
+    callbacks = config.trainer.callbacks or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    for callback in callbacks:
+        if isinstance(callback, Namespace):
+            module, _, name = str(callback.get("class_path", "")).rpartition(".")
+            callback = getattr(importlib.import_module(module), name, None) if module else None
+        if isinstance(callback, ModelCheckpoint) or (isinstance(callback, type) and issubclass(callback, ModelCheckpoint)):
+            return
+    callbacks.append(Namespace(class_path="prost_lightning.resume.ResumeCheckpoint",
+                               init_args=Namespace(every_n_train_steps=every)))
+    config.trainer.callbacks = callbacks
 
 
 def _expand_bare_flags(argv: list[str], functions) -> list[str]:

@@ -132,6 +132,8 @@ def collect(
         The CollectReport as a dict: kept, rejected, rejection_reasons, already_done, ...
     """
     started = time.monotonic()
+    from prost_lightning.files import check_writable
+    check_writable(out, "--out")  # before any episode: their work would be lost
     root_path = check_root(root)
     roles = system_roles(system)
     prompts = PromptSet(prompt_dir, tools=tools)

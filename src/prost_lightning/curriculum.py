@@ -116,8 +116,18 @@ class CurriculumCallback(L.Callback):
     def __init__(self) -> None:
         self.history: dict[int, dict[str, float]] = {}
         self.schedule: dict[str, Any] | None = None
+        self._logged_epoch: int | None = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_epoch(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # Lightning skips on_train_epoch_start when a fit resumes mid-epoch: log that epoch here
+        if self._logged_epoch != trainer.current_epoch:
+            self._log_epoch(trainer, pl_module)
+
+    def _log_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logged_epoch = trainer.current_epoch
         stats = getattr(trainer.datamodule, "epoch_stats", None) if trainer.datamodule is not None else None
         if stats is None:
             rank_zero_warn("CurriculumCallback: the data module has no epoch_stats (not a TrajectoryDataModule?); nothing to log")

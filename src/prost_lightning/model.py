@@ -96,6 +96,12 @@ class RoleLoRAModule(L.LightningModule):
             unknown = sorted(set(table) - set(self.roles))
             if unknown:
                 raise ConfigError(f"model.{key}: unknown role(s) {unknown}; model.roles is {self.roles}")
+        for key, rate in (("learning_rate", learning_rate), *((f"role_learning_rates.{role}", r)
+                                                              for role, r in (role_learning_rates or {}).items())):
+            if not rate > 0:
+                raise ConfigError(f"model.{key}: must be > 0, got {rate}; e.g. 5.0e-4")
+        if weight_decay < 0 or warmup_steps < 0:
+            raise ConfigError(f"model.weight_decay and model.warmup_steps: must be >= 0, got {weight_decay} and {warmup_steps}")
         if shared_adapter and role_learning_rates:
             raise ConfigError("model.role_learning_rates: one shared adapter has one rate; use model.learning_rate")
         self.shared_adapter = shared_adapter

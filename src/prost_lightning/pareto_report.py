@@ -34,7 +34,7 @@ import yaml
 from prost_lightning.agents.episode_summary import summarize
 from prost_lightning.agents.systems import system_for_roles
 from prost_lightning.errors import ProstError
-from prost_lightning.files import write_atomic
+from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.metrics import subtask_error_rates
 from prost_lightning.trajectory import read_trajectories
 
@@ -329,6 +329,7 @@ def report(
 
     if not runs:
         raise ReportError("give at least one run folder or episodes file: prost report RUN [RUN ...]")
+    check_writable(out, "--out", folder=True)
     labels = _unique_names(runs, names)
     loaded = [load_run(r, name=n, source=source, split=split) for r, n in zip(runs, labels, strict=True)]
     result = build_report([row for row, _ in loaded], [outs for _, outs in loaded], x_axis, title)

@@ -254,6 +254,8 @@ def sweep(
             raise SweepError(f"--only {unknown}: not in the grid; points: {[p.name for p in points]}")
         points = [p for p in points if p.name in only]
     folder = Path(out or spec.get("out") or "runs/sweep") / size
+    from prost_lightning.files import check_writable
+    check_writable(folder, "--out", folder=True)  # before any run
     group = f"{spec['name']}-{size}"
     plan = [(p, folder / p.name) for p in points]
     collects = collect_commands(spec, list(dict.fromkeys(p.system for p in points)))

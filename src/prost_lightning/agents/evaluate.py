@@ -19,6 +19,7 @@ from prost_lightning.agents.episode_summary import episode_progress, format_summ
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import require_world_root
 from prost_lightning.errors import ConfigError
+from prost_lightning.files import check_writable
 from prost_lightning.trajectory import Trajectory, write_trajectories
 
 
@@ -73,6 +74,8 @@ def evaluate_system(
         step_timeout_s: AppWorld's limit per code execution.
         progress: show a rich progress bar.
     """
+    if out:
+        check_writable(out, "--out")  # before any episode: their work would be lost
     root_path = require_world_root(root)
     roles = system_roles(system)
     prompts = PromptSet(prompt_dir, tools=tools)

@@ -36,7 +36,7 @@ from collections.abc import Generator
 from typing import Any
 
 from prost_lightning.errors import ConfigError
-from prost_lightning.trajectory import Message, SubTask
+from prost_lightning.trajectory import BUILTIN_SYSTEM_ROLES, Message, SubTask
 
 from .episode import Episode, EpisodeStop, FailureReason
 from .parsing import extract_code, is_finish
@@ -101,7 +101,7 @@ def _assistant(content: str, subtask: int) -> Message:
 
 @register_system("single")
 class SingleAgent(AgentSystem):
-    roles = ("agent",)
+    roles = BUILTIN_SYSTEM_ROLES["single"]
 
     def play(self, ep: Episode):
         plan = list(ep.task.plan)
@@ -129,7 +129,7 @@ class SingleAgent(AgentSystem):
 
 @register_system("planner_executor")
 class PlannerExecutor(AgentSystem):
-    roles = ("planner", "executor")
+    roles = BUILTIN_SYSTEM_ROLES["planner_executor"]
 
     def play(self, ep: Episode):
         planner = ep.conversation("planner")

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from prost_lightning.curriculum import ScheduleConfig
@@ -30,6 +31,22 @@ from prost_lightning.trajectory import read_trajectories
 _CHANGING_SCHEDULES = ("progressive", "reverse", "random")
 
 
+def _check_roles(roles: list[str] | None, present: list[str], path) -> None:
+    unknown = [r for r in roles or [] if r not in present]
+    if unknown:
+        raise ConfigError(f"data.roles: unknown role(s) {', '.join(unknown)}; the trajectories in {path} "
+                          f"have roles: {', '.join(present) or 'none'}. Fix the roles (model.roles / data.roles) "
+                          "or leave data.roles empty for all")
+
+
+def check_training_files(train_file: str, val_file: str | None, roles: list[str] | None) -> None:
+    """Read and check the trajectory files as training will, before a model is built or a file written."""
+    trajectories = read_trajectories(train_file, training=True)
+    _check_roles(roles, sorted({r for t in trajectories for r in t.roles}), train_file)
+    if val_file:
+        read_trajectories(val_file, training=True)
+
+
 def render_file(path: str | Path, tokenizer, roles: list[str] | None, max_length: int | None,
                 ) -> tuple[list[RenderedConversation], list[str]]:
     """Render every conversation of the chosen roles; returns them and the roles present in the file.
@@ -38,13 +55,9 @@ def render_file(path: str | Path, tokenizer, roles: list[str] | None, max_length
     concurrently and appends them as they finish, so the file's order, and with it the seeded batch
     order, would otherwise change from one collection to the next.
     """
-    trajectories = sorted(read_trajectories(path), key=lambda t: t.task_id)
+    trajectories = sorted(read_trajectories(path, training=True), key=lambda t: t.task_id)
     present = sorted({r for t in trajectories for r in t.roles})
-    unknown = [r for r in roles or [] if r not in present]
-    if unknown:
-        raise ConfigError(f"data.roles: unknown role(s) {', '.join(unknown)}; the trajectories in {path} "
-                          f"have roles: {', '.join(present) or 'none'}. Fix the roles (model.roles / data.roles) "
-                          "or leave data.roles empty for all")
+    _check_roles(roles, present, path)
     chosen = set(roles) if roles else None
     rendered = [rc for t in trajectories for rc in render_trajectory(tokenizer, t, chosen, max_length)]
     return rendered, present
@@ -140,8 +153,10 @@ class TrajectoryDataModule(L.LightningDataModule):
             epoch=epoch, shuffle=shuffle, order_by_length=order_by_length, num_replicas=replicas, rank=rank,
         )
         pad = self.tokenizer_obj.pad_token_id
+        # its own generator: a loader drawing its worker seed from the global one would shift the
+        # dropout masks of a resumed fit (which restores the global state) against an uninterrupted one
         return ResumableDataLoader(samples, batch_sampler=sampler, collate_fn=Collator(pad),
-                                   num_workers=self.num_workers, epoch=epoch)
+                                   num_workers=self.num_workers, epoch=epoch, generator=torch.Generator())
 
     def epoch_dataloader(self, epoch: int, num_replicas: int = 1, rank: int = 0) -> DataLoader:
         """The train loader of one epoch (what train_dataloader() returns for trainer.current_epoch)."""

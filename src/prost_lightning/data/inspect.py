@@ -53,7 +53,7 @@ def inspect_sample(train_file: str, tokenizer: str = "tiny", role: str | None = 
         from prost_lightning.backbone import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
-    trajectories = read_trajectories(train_file)
+    trajectories = read_trajectories(train_file, training=True)
     present = sorted({r for t in trajectories for r in t.roles})
     role = role or present[0]
     if role not in present:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import ProstError
+from ..files import check_writable
 from ..metrics import goal_completion, scenario_of
 from .client import EnvError
 from .pool import ServerPool
@@ -73,6 +74,7 @@ def build(root: str | None = None, seed: int = 0, cells: str | None = None) -> d
     from .miniworld import build as build_miniworld
 
     target = Path(root).resolve() if root else project_root() / DEFAULT_MINI_ROOT
+    check_writable(target, "--root", folder=True)  # before AppWorld starts
     try:
         summary = build_miniworld(target, seed, extension=cells)
     except MiniWorldBuildError as error:
