@@ -35,6 +35,8 @@ class Message(_Strict):
     role: ChatRole
     content: str
     subtask: int = Field(0, ge=0, description="sub-task this message belongs to; 0 = context before sub-task 1")
+    context_only: bool | None = Field(None, description="true: never trained, context only (e.g. a teacher's "
+                                      "deliberate mistake before its repair); None/false: the usual rules")
 
 
 class Conversation(_Strict):
