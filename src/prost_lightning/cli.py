@@ -37,6 +37,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     "bench": "prost_lightning.bench:run",
     "sweep": "prost_lightning.sweep:sweep",
     "demo": "prost_lightning.demo:demo",
+    "improve": "prost_lightning.improve:improve",
 }
 
 
