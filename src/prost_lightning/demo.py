@@ -184,6 +184,39 @@ def fine_tune_phase(config: str, train_file: Path, train_dir: Path, *, precision
     return _latest_version(train_dir)
 
 
+def improve_phase(version: Path, train_file: Path, out_dir: Path, *, config: str, root: Path, train_tasks: list[str],
+                  rounds: int, samples: int, temperature: float, system: str, base_model: str,
+                  prompt_dir: str | None, limits, pool_size: int, engine: str, fit_args: list[str]) -> dict:
+    """``rounds`` of `prost improve` on the train tasks, resuming the fit; no held-out evaluation inside."""
+    from prost_lightning.improve import improve
+
+    planner_tokens = limits.role_max_new_tokens.get("planner", limits.max_new_tokens)
+    return improve(run=str(version), teacher_file=str(train_file), config=config, root=str(root),
+                   out=str(out_dir / "improve"), rounds=rounds, samples=samples, temperature=temperature,
+                   task_ids=train_tasks, eval_split=None, system=system, base_model=base_model, prompt_dir=prompt_dir,
+                   max_steps_per_subtask=limits.max_steps_per_subtask, max_subtasks=limits.max_subtasks,
+                   max_new_tokens=limits.max_new_tokens, planner_max_new_tokens=planner_tokens,
+                   pool_size=pool_size, engine=engine, fit_args=fit_args)
+
+
+def _recipe(perturb: float, improve_rounds: int, improve_samples: int, limits) -> dict:
+    """What the team was trained with, in words and numbers (the report's ``recipe``)."""
+    data = ["oracle trajectories"]
+    if perturb:
+        data.append(f"recovery: {perturb:g} of executor sub-tasks start with a mistake (context only) and its repair")
+    if improve_rounds:
+        data.append(f"{improve_rounds} self-improvement round(s)")
+    return {
+        "data": data, "perturb": perturb, "improve_rounds": improve_rounds,
+        "improve_samples": improve_samples if improve_rounds else 0,
+        "budgets": {"max_subtasks": limits.max_subtasks, "max_steps_per_subtask": limits.max_steps_per_subtask,
+                    "max_new_tokens": limits.max_new_tokens,
+                    "planner_max_new_tokens": limits.role_max_new_tokens.get("planner", limits.max_new_tokens)},
+        "replanning": "the planner sees every sub-task's report and may issue another sub-task, but a sub-task "
+                      "whose executor runs out of replies ends the episode (docs/recovery.md)",
+    }
+
+
 def demo(
     out: str = "runs/demo",
     root: str = "worlds/mini",
@@ -306,17 +339,13 @@ def demo(
 
     improved = None
     if improve_rounds:
-        from prost_lightning.improve import improve
-
-        improved = improve(run=str(version), teacher_file=str(train_file), config=config, root=str(root_dir),
-                           out=str(out_dir / "improve"), rounds=improve_rounds, samples=improve_samples,
-                           temperature=improve_temperature, task_ids=train_tasks, eval_split=None, system=system,
-                           base_model=base_model, prompt_dir=prompt_dir, max_steps_per_subtask=max_steps_per_subtask,
-                           max_subtasks=max_subtasks, max_new_tokens=max_new_tokens,
-                           planner_max_new_tokens=planner_max_new_tokens, pool_size=pool_size, engine=engine,
-                           fit_args=["--trainer.precision", precision, *(["--trainer.limit_train_batches",
-                                     str(sizing["steps_per_epoch"])] if sizing["steps_per_epoch"] else []),
-                                     *(fit_args or [])])
+        improved = improve_phase(version, train_file, out_dir, config=config, root=root_dir, train_tasks=train_tasks,
+                                 rounds=improve_rounds, samples=improve_samples, temperature=improve_temperature,
+                                 system=system, base_model=base_model, prompt_dir=prompt_dir, limits=limits,
+                                 pool_size=pool_size, engine=engine, fit_args=[
+                                     "--trainer.precision", precision,
+                                     *(["--trainer.limit_train_batches", str(sizing["steps_per_epoch"])]
+                                       if sizing["steps_per_epoch"] else []), *(fit_args or [])])
         version = Path(improved["rounds"][-1]["run_dir"])
         t = phase("improve", t)
 
@@ -324,19 +353,9 @@ def demo(
     phase("eval_trained", t)
 
     fit_summary_path = version / "fit_summary.json"
-    recipe = {
-        "data": ["oracle trajectories"] + ([f"recovery: {perturb:g} of executor sub-tasks start with a mistake "
-                                            "(context only) and its repair"] if perturb else [])
-                + ([f"{improve_rounds} self-improvement round(s)"] if improve_rounds else []),
-        "perturb": perturb, "perturb_seed": perturb_seed, **data,
-        "improve_rounds": improve_rounds, "improve_samples": improve_samples if improve_rounds else 0,
-        "train_tasks": len(train_tasks), "train_variants": train_variants or 3,
-        "size": sizing["size"], "size_reason": sizing["why"], "steps_per_epoch": sizing["steps_per_epoch"],
-        "budgets": {"max_subtasks": max_subtasks, "max_steps_per_subtask": max_steps_per_subtask,
-                    "max_new_tokens": max_new_tokens, "planner_max_new_tokens": planner_max_new_tokens},
-        "replanning": "the planner sees every sub-task's report and may issue another sub-task, but a sub-task "
-                      "whose executor runs out of replies ends the episode (docs/recovery.md)",
-    }
+    recipe = {**_recipe(perturb, improve_rounds, improve_samples, limits), "perturb_seed": perturb_seed, **data,
+              "train_tasks": len(train_tasks), "train_variants": train_variants or 3, "size": sizing["size"],
+              "size_reason": sizing["why"], "steps_per_epoch": sizing["steps_per_epoch"]}
     report = {
         "system": system,
         "base_model": "SmolLM2-135M-Instruct" if base_model == "smollm2" else base_model,
