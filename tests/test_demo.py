@@ -31,34 +31,77 @@ def test_train_tasks_rotate_the_variants_across_scenarios(mini_world_root):
 
 def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, tmp_path):
     report = demo(out=str(tmp_path), root=str(mini_world_root), config=str(REPO / "experiments" / "demo.yaml"),
-                  base_model="tiny", train_variants=1, eval_scenarios=1, pool_size=3,
+                  base_model="tiny", train_variants=1, eval_scenarios=1, pool_size=3, size="steps", steps_per_epoch=3,
                   fit_args=["--trainer.max_epochs", "2", "--data.batch_size", "8",
                             "--data.max_length", "4096"],  # the tiny tokenizer is byte-level
                   prompt_dir=str(REPO / "experiments" / "prompts" / "compact"))
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
 
-    held_out = report["eval_tasks"]
-    assert len(held_out) == 3 and len({t.rsplit("_", 1)[0] for t in held_out}) == 1
-    assert set(held_out) <= set(load_task_ids(mini_world_root, "test_normal"))
-    trained_on = [json.loads(line)["task_id"] for line in
+    assert report["eval_splits"] == ["test_normal", "test_challenge"]
+    for split in report["eval_splits"]:  # one whole scenario of each held-out split
+        held_out = report["eval_tasks"][split]
+        assert len(held_out) == 3 and len({t.rsplit("_", 1)[0] for t in held_out}) == 1
+        assert set(held_out) <= set(load_task_ids(mini_world_root, split))
+    trained_on = [json.loads(line) for line in
                   (tmp_path / "trajectories" / "planner_executor_train.jsonl").read_text().splitlines()]
-    assert len(trained_on) == report["train_tasks"] and not set(trained_on) & set(held_out)
+    held = {t for ids in report["eval_tasks"].values() for t in ids}
+    assert len(trained_on) == report["train_tasks"] and not {t["task_id"] for t in trained_on} & held
+
+    # the recipe: recovery data really is in the training file, and the report says so
+    recipe = report["recipe"]
+    marked = sum(1 for t in trained_on for c in t["conversations"] if c["role"] == "executor"
+                 and any(m.get("context_only") for m in c["messages"]))
+    assert recipe["perturb"] == 0.3 and recipe["subtasks_with_mistake"] == marked > 0
+    assert 0.15 < recipe["mistake_share"] < 0.45 and recipe["trajectories"] == report["train_tasks"]
+    assert recipe["budgets"]["max_steps_per_subtask"] >= 3  # a failed code step can be retried
+    assert recipe["size"] == "steps" and recipe["steps_per_epoch"] == 3 and "3 steps per epoch" in recipe["size_reason"]
+    assert recipe["improve_rounds"] == 0 and report["improve"] is None
 
     for name in ("untrained", "trained"):
-        episodes = (tmp_path / "eval" / f"{name}_test_normal.jsonl").read_text().splitlines()
-        assert sorted(json.loads(line)["task_id"] for line in episodes) == sorted(held_out)
-        assert report[name]["goal"]["num_tasks"] == 3
-        assert report[name]["usage"]["mean_llm_calls"] > 0  # the model really played
-    assert report["training"]["steps"] > 0 and report["training"]["trained_tokens"]
+        for split in report["eval_splits"]:
+            episodes = (tmp_path / "eval" / f"{name}_{split}.jsonl").read_text().splitlines()
+            assert sorted(json.loads(line)["task_id"] for line in episodes) == sorted(report["eval_tasks"][split])
+            summary = report[name][split]
+            assert summary["goal"]["num_tasks"] == 3
+            assert summary["usage"]["mean_llm_calls"] > 0  # the model really played
+            assert sum(summary["failures"].values()) + round(summary["goal"]["tgc"] * 3 / 100) == 3
+            failed_inside = sum(summary["subtask_error_rates"].values())
+            assert abs(failed_inside - (100 - summary["goal"]["tgc"]) / 100) < 0.01  # every failure has its sub-task
+    assert 0 < report["training"]["steps"] <= 2 * 3 and report["training"]["trained_tokens"]
     assert (Path(report["run_dir"]) / "adapters" / "executor" / "adapter_config.json").is_file()
     assert set(report["wall_time_s"]) == {"build_world", "collect", "eval_untrained", "fine_tune",
                                           "eval_trained", "total"}
 
-    assert sorted(report["episodes"]) == sorted(held_out)
-    assert all(set(runs) == {"untrained", "trained"} for runs in report["episodes"].values())
+    for split in report["eval_splits"]:
+        assert sorted(report["episodes"][split]) == sorted(report["eval_tasks"][split])
+        assert all(set(runs) == {"untrained", "trained"} for runs in report["episodes"][split].values())
     markdown = (tmp_path / "report.md").read_text()
     assert "| untrained |" in markdown and "| ProST-trained |" in markdown
-    assert all(f"| {task_id} |" in markdown for task_id in held_out)
+    assert "## `test_normal`" in markdown and "## `test_challenge`" in markdown and "Size `steps`" in markdown
+    assert all(f"| {task_id} |" in markdown for task_id in held)
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes left nothing behind
+
+
+def test_auto_size_fits_the_fit_into_what_the_budget_leaves_and_says_so():
+    from prost_lightning.demo import MIN_STEPS_PER_EPOCH, SECONDS_PER_STEP, _epochs, plan_steps
+    from prost_lightning.errors import ConfigError
+
+    # 1800 s budget, 100 s spent before the first evaluation + 500 s of it, a second one as long
+    fast = plan_steps("auto", budget_s=1800, elapsed_s=600, eval_s=500, precision="bf16-mixed", epochs=3)
+    left = 1800 - 600 - 500 - 60
+    assert fast["steps_per_epoch"] == int(left // (SECONDS_PER_STEP["bf16-mixed"] * 3))
+    assert f"{left} s of training" in fast["why"] and "fast on this CPU" in fast["why"]
+    slow = plan_steps("auto", budget_s=1800, elapsed_s=600, eval_s=500, precision="32-true", epochs=3)
+    assert slow["steps_per_epoch"] < fast["steps_per_epoch"] and "emulated" in slow["why"]
+    # nothing left: the minimum, and the report says by how much the budget will be exceeded
+    late = plan_steps("auto", budget_s=1800, elapsed_s=1500, eval_s=500, precision="bf16-mixed", epochs=3)
+    assert late["steps_per_epoch"] == MIN_STEPS_PER_EPOCH and "exceed the budget" in late["why"]
+    assert plan_steps("full", budget_s=0, elapsed_s=0, eval_s=0, precision="32-true", epochs=3)["steps_per_epoch"] is None
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        plan_steps("steps", budget_s=0, elapsed_s=0, eval_s=0, precision="32-true", epochs=3)
+    with pytest.raises(ConfigError, match="auto | full | steps"):
+        plan_steps("huge", budget_s=0, elapsed_s=0, eval_s=0, precision="32-true", epochs=3)
+    config = str(REPO / "experiments" / "demo.yaml")
+    assert _epochs(config, []) == 3 and _epochs(config, ["--trainer.max_epochs", "2"]) == 2

@@ -201,3 +201,64 @@ def test_mask_mode_over_length_first_drops_the_untrained_tail(tok, trajectories)
     assert masked.labels[: len(sliced.labels)] == sliced.labels  # same trained tokens, same positions
     fitted = build_sample(rc, {1, 2}, "mask", max_length=len(sliced.input_ids))
     assert fitted == sliced  # nothing of the context before the trained tokens was lost
+
+
+def _recovery_trajectory() -> Trajectory:
+    """An executor sub-task that starts with a teacher's mistake (context only), then the repair and the report."""
+    mistake = "Collect the alarms.\n```python\nalarms = collect(apis.phone.search_alarms, access_token=phone_token)\n```"
+    repair = "Collect the alarms.\n```python\nalarms = collect(apis.phone.show_alarms, access_token=phone_token)\n```"
+    return Trajectory.model_validate({
+        "task_id": "ckwalarms_1", "system": "planner_executor", "instruction": "count alarms",
+        "subtasks": [{"index": 1, "description": "Log in."}, {"index": 2, "description": "Collect the alarms."}],
+        "conversations": [{"role": "executor", "subtask": 2, "messages": [
+            {"role": "system", "content": "sys"}, {"role": "user", "content": "Sub-task 2: Collect the alarms.", "subtask": 2},
+            {"role": "assistant", "content": mistake, "subtask": 2, "context_only": True},
+            {"role": "user", "content": "Output:\nException: No API named 'search_alarms' found in the phone app.",
+             "subtask": 2},
+            {"role": "assistant", "content": repair, "subtask": 2},
+            {"role": "user", "content": "Output:\nExecution successful.", "subtask": 2},
+            {"role": "assistant", "content": "Done: collected the alarms.", "subtask": 2},
+        ]}],
+    })
+
+
+@pytest.mark.parametrize("mode", ["slice", "mask"])
+def test_a_teachers_mistake_is_context_only_its_error_is_context_and_the_repair_is_trained(tok, mode):
+    traj = _recovery_trajectory()
+    conv = traj.conversations[0]
+    rc = render_trajectory(tok, traj)[0]
+    sample = build_sample(rc, {1, 2}, mode)
+    assert trained_runs(tok, sample) == [conv.messages[4].content + END, conv.messages[6].content + END]
+    text = tok.decode(sample.input_ids)
+    assert conv.messages[2].content in text and "No API named 'search_alarms'" in text  # both seen as context
+    assert tok.decode(sample.input_ids) == tok.apply_chat_template(chat(conv.messages), tokenize=False)
+    # the same conversation without the marker trains the mistake too: the marker is what keeps it out
+    unmarked = traj.model_copy(deep=True)
+    unmarked.conversations[0].messages[2].context_only = None
+    plain = build_sample(render_trajectory(tok, unmarked)[0], {1, 2}, mode)
+    assert trained_runs(tok, plain)[0] == conv.messages[2].content + END
+    assert plain.num_trained > sample.num_trained
+
+
+def test_over_length_never_keeps_a_repair_without_its_mistake(tok):
+    traj = _recovery_trajectory()
+    rc = render_trajectory(tok, traj)[0]
+    whole = build_sample(rc, {2}, "slice")
+    # too short for the whole sample: the mistake and its error are the repair's context, never dropped alone
+    assert build_sample(rc, {2}, "slice", max_length=len(whole.input_ids) - 1) == "too_long"
+    assert rc.prompt_len == rc.spans[2].start  # the prompt ends where the mistake starts
+
+
+def test_context_only_round_trips_and_old_files_read_unchanged(tmp_path):
+    from prost_lightning.trajectory import write_trajectories
+
+    path = tmp_path / "t.jsonl"
+    write_trajectories(path, [_recovery_trajectory()])
+    assert [m.context_only for m in read_trajectories(path)[0].conversations[0].messages][2:5] == [True, None, None]
+    assert path.read_text().count("context_only") == 1  # unmarked messages are written as before
+    fixture_lines = FIXTURE.read_text().splitlines()
+    rewritten = tmp_path / "f.jsonl"
+    write_trajectories(rewritten, read_trajectories(FIXTURE))
+    assert rewritten.read_text().splitlines() == [
+        Trajectory.model_validate_json(line).model_dump_json(exclude_none=True) for line in fixture_lines]
+    assert "context_only" not in rewritten.read_text()

@@ -38,6 +38,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     "sweep": "prost_lightning.sweep:sweep",
     "demo": "prost_lightning.demo:demo",
     "serve": "prost_lightning.serving.server:serve",
+    "improve": "prost_lightning.improve:improve",
 }
 
 
@@ -100,7 +101,8 @@ def lightning_main(args: list[str] | None = None, run: bool = True):
             check_writable(root, "trainer.default_root_dir", folder=True)
             if self.subcommand is not None:  # a command to run: its data before the model (run=False reads at setup)
                 check_training_files(config.data.train_file, config.data.val_file,
-                                     config.data.get("roles") or config.model.get("roles"))
+                                     config.data.get("roles") or config.model.get("roles"),
+                                     bool(config.data.get("repeated_tasks")))
             # `logger: true` means CSV under default_root_dir, whatever else is installed
             # (Lightning would pick TensorBoard when present); W&B is added explicitly.
             if config.trainer.logger in (None, True):

@@ -31,10 +31,12 @@ from prost_lightning.agents import (
     system_roles,
 )
 from prost_lightning.agents.episode_summary import episode_progress
+from prost_lightning.agents.perturb import mark_mistakes, perturbing_policies
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import TaskInfo
 from prost_lightning.env.tasks import require_world_root as check_root
-from prost_lightning.files import write_atomic
+from prost_lightning.errors import ConfigError
+from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.trajectory import Trajectory, append_trajectory, parse_line
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,9 @@ def collect(
     step_timeout_s: int = 30,
     progress: bool = True,
     verbose: bool = True,
+    perturb: float = 0.0,
+    perturb_kinds: list[str] | None = None,
+    perturb_seed: int = 0,
 ) -> dict:
     """Run ``teacher`` on the tasks and append the successful trajectories to ``out``.
 
@@ -127,12 +132,16 @@ def collect(
         step_timeout_s: AppWorld's limit per code execution.
         progress: show a rich progress bar.
         verbose: print a one-line report at the end.
+        perturb: teacher=oracle, planner_executor: share of the executor's sub-tasks that start with a
+            realistic mistake played in AppWorld (trained as context only), then the repair (docs/recovery.md).
+        perturb_kinds: mistake kinds to draw from (default all: wrong_api, no_pagination, wrong_app,
+            wrong_field, wrong_argument, unbound_variable), or package.module:function of your own.
+        perturb_seed: seed of which sub-tasks get which mistake.
 
     Returns:
         The CollectReport as a dict: kept, rejected, rejection_reasons, already_done, ...
     """
     started = time.monotonic()
-    from prost_lightning.files import check_writable
     check_writable(out, "--out")  # before any episode: their work would be lost
     root_path = check_root(root)
     roles = system_roles(system)
@@ -141,6 +150,12 @@ def collect(
                              api_key_env=api_key_env)
     label = teacher if teacher != "openai" else "openai:" + (model if isinstance(model, str) else
                                                             ",".join(f"{r}={m}" for r, m in (model or {}).items()))
+    if perturb:
+        if teacher != "oracle":
+            raise ConfigError(f"--perturb plays the oracle's mistakes; teacher '{teacher}' has none (use --teacher oracle)")
+        policies = perturbing_policies(roles, prompts=prompts, share=perturb, kinds=perturb_kinds, seed=perturb_seed,
+                                       max_steps_per_subtask=(limits or Limits()).max_steps_per_subtask)
+        label = f"oracle+perturb{perturb:g}"
     tasks = load_tasks(root_path, split, task_ids, max_tasks)
     cost = CostModel(prices={k: tuple(v) for k, v in (prices or {}).items()})
     done, torn = resume_state(out, system)
@@ -173,6 +188,7 @@ def collect_into(out: str | os.PathLike, system: str, tasks: list[TaskInfo], pol
         return report
     with episode_progress(len(todo), f"collect {system} ({teacher})", progress) as bar:
         def keep(trajectory: Trajectory) -> None:
+            trajectory = mark_mistakes(trajectory, policies)
             bar.advance(trajectory)
             report.episodes += 1
             if trajectory.outcome is not None and trajectory.outcome.success:

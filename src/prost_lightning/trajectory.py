@@ -44,6 +44,8 @@ class Message(_Strict):
     role: ChatRole
     content: str
     subtask: int = Field(0, ge=0, description="sub-task this message belongs to; 0 = context before sub-task 1")
+    context_only: bool | None = Field(None, description="true: never trained, context only (e.g. a teacher's "
+                                      "deliberate mistake before its repair); None/false: the usual rules")
 
 
 class Conversation(_Strict):
@@ -247,11 +249,14 @@ def iter_trajectories(path: str | os.PathLike) -> Iterator[Trajectory]:
                 yield parse_line(line, where)
 
 
-def read_trajectories(path: str | os.PathLike, training: bool = False) -> list[Trajectory]:
+def read_trajectories(path: str | os.PathLike, training: bool = False,
+                      repeated_tasks: bool = False) -> list[Trajectory]:
     """Every trajectory of the file.
 
     ``training`` also refuses what a faithful record may hold but training must not take: an empty
-    file, a repeated task id (it would double that task's weight) and empty assistant turns.
+    file, empty assistant turns and, unless ``repeated_tasks``, a repeated task id (by mistake it
+    would silently double that task's weight; ``prost improve`` means it: several verified episodes
+    of one task).
     """
     trajectories = list(iter_trajectories(path))
     if not training:
@@ -266,10 +271,10 @@ def read_trajectories(path: str | os.PathLike, training: bool = False) -> list[T
         problem = t.training_problem()
         if problem:
             raise TrajectoryError(f"{path}:{lineno}: {problem}")
-        if t.task_id in seen:
+        if t.task_id in seen and not repeated_tasks:
             # a repeat would silently double that task's weight in training
             raise TrajectoryError(f"{path}:{lineno}: field 'task_id': '{t.task_id}' already on line {seen[t.task_id]}; "
-                                  "remove one of the two lines")
+                                  "remove one of the two lines (or set data.repeated_tasks: true if both are meant)")
         seen[t.task_id] = lineno
     return trajectories
 

@@ -39,23 +39,24 @@ def _check_roles(roles: list[str] | None, present: list[str], path) -> None:
                           "or leave data.roles empty for all")
 
 
-def check_training_files(train_file: str, val_file: str | None, roles: list[str] | None) -> None:
+def check_training_files(train_file: str, val_file: str | None, roles: list[str] | None,
+                         repeated_tasks: bool = False) -> None:
     """Read and check the trajectory files as training will, before a model is built or a file written."""
-    trajectories = read_trajectories(train_file, training=True)
+    trajectories = read_trajectories(train_file, training=True, repeated_tasks=repeated_tasks)
     _check_roles(roles, sorted({r for t in trajectories for r in t.roles}), train_file)
     if val_file:
-        read_trajectories(val_file, training=True)
+        read_trajectories(val_file, training=True, repeated_tasks=repeated_tasks)
 
 
 def render_file(path: str | Path, tokenizer, roles: list[str] | None, max_length: int | None,
-                ) -> tuple[list[RenderedConversation], list[str]]:
+                repeated_tasks: bool = False) -> tuple[list[RenderedConversation], list[str]]:
     """Render every conversation of the chosen roles; returns them and the roles present in the file.
 
     Trajectories are taken in task-id order (stable for repeated ids): collection runs episodes
     concurrently and appends them as they finish, so the file's order, and with it the seeded batch
     order, would otherwise change from one collection to the next.
     """
-    trajectories = sorted(read_trajectories(path, training=True), key=lambda t: t.task_id)
+    trajectories = sorted(read_trajectories(path, training=True, repeated_tasks=repeated_tasks), key=lambda t: t.task_id)
     present = sorted({r for t in trajectories for r in t.roles})
     _check_roles(roles, present, path)
     chosen = set(roles) if roles else None
@@ -76,6 +77,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         batch_size: int = 4,
         seed: int = 0,
         num_workers: int = 0,
+        repeated_tasks: bool = False,
     ) -> None:
         """Per-role training samples from a trajectory file, under a sub-task curriculum.
 
@@ -93,6 +95,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             batch_size: samples per batch and per process; all of one role, of similar length.
             seed: seed of the batch order (shared by all processes).
             num_workers: DataLoader worker processes.
+            repeated_tasks: accept a task id on several lines, each trained (``prost improve``'s merged
+                teacher and verified own episodes); off, a repeat is refused as a likely mistake.
         """
         super().__init__()
         if mode not in MODES:
@@ -105,7 +109,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.roles = list(roles) if roles else None
         self.schedule = schedule or ScheduleConfig()
         self.mode, self.max_length, self.batch_size = mode, max_length, batch_size
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.repeated_tasks = seed, num_workers, repeated_tasks
         self.epoch_stats: EpochStats | None = None  # of the last train set built
         self.val_stats: EpochStats | None = None
         self.roles_in_data: list[str] = []
@@ -125,10 +129,11 @@ class TrajectoryDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._train is not None:  # render once; epochs only re-cut the cache
             return
-        self._train, self.roles_in_data = render_file(self.train_file, self.tokenizer_obj, self.roles, self.max_length)
+        self._train, self.roles_in_data = render_file(self.train_file, self.tokenizer_obj, self.roles,
+                                                         self.max_length, self.repeated_tasks)
         if self.val_file:
             roles = self.roles or self.roles_in_data
-            self._val = render_file(self.val_file, self.tokenizer_obj, None, self.max_length)[0]
+            self._val = render_file(self.val_file, self.tokenizer_obj, None, self.max_length, self.repeated_tasks)[0]
             self._val = [rc for rc in self._val if rc.role in roles]
 
     @property

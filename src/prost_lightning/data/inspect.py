@@ -34,7 +34,8 @@ def mark_trained(tokenizer, sample: Sample) -> str:
 
 
 def inspect_sample(train_file: str, tokenizer: str = "tiny", role: str | None = None, index: int = 0,
-                   horizon: int | None = None, mode: Mode = "slice", max_length: int | None = None) -> str:
+                   horizon: int | None = None, mode: Mode = "slice", max_length: int | None = None,
+                   repeated_tasks: bool = False) -> str:
     """Print one training sample with its trained tokens marked [[ like this ]].
 
     Args:
@@ -46,6 +47,7 @@ def inspect_sample(train_file: str, tokenizer: str = "tiny", role: str | None = 
         horizon: sub-tasks 1..horizon are active (default: all).
         mode: slice | mask.
         max_length: apply the over-length rule for this many tokens (default: none).
+        repeated_tasks: accept a task id on several lines, as ``data.repeated_tasks`` does.
     """
     if horizon is not None and horizon < 1:
         raise ConfigError(f"horizon: must be >= 1 (or omitted for all sub-tasks), got {horizon}")
@@ -53,7 +55,7 @@ def inspect_sample(train_file: str, tokenizer: str = "tiny", role: str | None = 
         from prost_lightning.backbone import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
-    trajectories = read_trajectories(train_file, training=True)
+    trajectories = read_trajectories(train_file, training=True, repeated_tasks=repeated_tasks)
     present = sorted({r for t in trajectories for r in t.roles})
     role = role or present[0]
     if role not in present:

@@ -21,7 +21,9 @@ the content and the end-of-turn token (``<|im_end|>`` for ChatML, ``<|eot_id|>``
 minus trailing whitespace-only tokens. Decision: the ``\\n`` that ChatML puts after
 ``<|im_end|>`` is NOT trained: generation stops at the end-of-turn token, so the model never
 produces that newline; it stays in ``input_ids`` as context. System, user (task, observations,
-reports) and header tokens are never trained.
+reports) and header tokens are never trained, nor is an assistant message marked
+``context_only`` (a teacher's deliberate mistake: the model sees it and the error it caused, and
+learns the repair that follows, never the mistake itself).
 
 Modes (docs/prost.md), for an active set A of sub-task indices:
 
@@ -74,7 +76,8 @@ class MessageSpan:
     start: int  # first token of the message (header included)
     end: int  # one past its last token
     subtask: int
-    trained: tuple[int, int] | None  # assistant messages: the trainable token range (body)
+    trained: tuple[int, int] | None  # assistant messages not marked context_only: the trainable token range (body)
+    context_only: bool = False  # an assistant message kept as untrained context (Message.context_only)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ def render_conversation(tokenizer, conv: Conversation, task_id: str, num_subtask
     for i, msg in enumerate(conv.messages):
         start = len(ids)
         trained = None
+        context_only = bool(msg.context_only)
         if msg.role == "assistant":
             with_header = _template(tokenizer, chat[:i], generation_prompt=True)
             ids += _encode(tokenizer, _segment(with_header, previous, where))
@@ -147,14 +151,14 @@ def render_conversation(tokenizer, conv: Conversation, task_id: str, num_subtask
             keep = len(body)
             while keep > 0 and _is_blank(tokenizer, body[keep - 1]):
                 keep -= 1
-            trained = (len(ids), len(ids) + keep)
+            trained = None if context_only else (len(ids), len(ids) + keep)
             ids += body
         else:
             rendered = _template(tokenizer, chat[: i + 1])
             ids += _encode(tokenizer, _segment(rendered, previous, where))
         previous = rendered
-        spans.append(MessageSpan(start, len(ids), msg.subtask, trained))
-    first_assistant = next((s for s in spans if s.trained is not None), None)
+        spans.append(MessageSpan(start, len(ids), msg.subtask, trained, context_only and msg.role == "assistant"))
+    first_assistant = next((s for s in spans if s.trained is not None or s.context_only), None)
     prompt_len = first_assistant.start if first_assistant else len(ids)
     if max_length is not None and prompt_len >= max_length:
         raise ConfigError(
@@ -179,13 +183,26 @@ def is_active(rc: RenderedConversation, active: Collection[int]) -> bool:
 
 
 def _turns(spans: Sequence[MessageSpan]) -> list[list[int]]:
-    """Group message indices into turns: an assistant message and the messages up to the next one."""
+    """Group message indices into turns: an assistant message and the messages up to the next one.
+
+    A context-only assistant message and the messages after it open no turn of their own: they
+    join the next turn, so the over-length rule never keeps a repair without the mistake it repairs.
+    """
     turns: list[list[int]] = []
+    carried: list[int] = []
     for i, s in enumerate(spans):
-        if s.trained is not None or not turns:
-            turns.append([i])
+        if s.context_only or (carried and s.trained is None):
+            carried.append(i)
+        elif s.trained is not None or not turns:
+            turns.append(carried + [i])
+            carried = []
         else:
             turns[-1].append(i)
+    if carried:  # a mistake with no trained turn after it stays with the turn before
+        if turns:
+            turns[-1].extend(carried)
+        else:
+            turns.append(carried)
     return turns
 
 
