@@ -65,7 +65,7 @@ sweep: install model ## the paper's grid (SIZE=cpu|tiny|gpu, ABLATIONS=true, WAN
 	test -d $(WORLD)/data/tasks || $(BIN)/prost world build --root $(WORLD)
 	WANDB_MODE=$(if $(filter true,$(WANDB)),,offline) $(BIN)/prost sweep --size $(SIZE) --ablations $(ABLATIONS) --wandb $(WANDB) --root $(WORLD) $(SWEEP_ARGS)
 
-results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu ~3 h, resumable; SIZE=tiny minutes; ABLATIONS=true, WANDB=true)
+results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu hours, resumable; SIZE=tiny minutes; ABLATIONS=true, WANDB=true)
 	test -d $(WORLD)/data/tasks || $(BIN)/prost world build --root $(WORLD)
 	WANDB_MODE=$(if $(filter true,$(WANDB)),,offline) $(BIN)/prost results --size $(SIZE) --ablations $(ABLATIONS) --wandb $(WANDB) --root $(WORLD) $(RESULTS_ARGS)
 

@@ -127,10 +127,12 @@ def test_bad_results_files_name_the_key(tmp_path):
 
 
 def test_progress_line_estimates_from_finished_cells():
-    assert "no time estimate" in progress_line([], ["a", "b"])
-    line = progress_line([{"wall_s": 600.0}, {"wall_s": 1200.0}], ["c", "d", "e"])
+    assert "no time estimate" in progress_line([], [("a", "single"), ("b", "single")])
+    done = [{"system": "single", "wall_s": 1200.0}, {"system": "planner_executor", "wall_s": 600.0}]
+    line = progress_line(done, [("c", "single"), ("d", "planner_executor"), ("e", "other")])
+    # 20 min + 10 min for the systems measured, the mean of all (15 min) for the unmeasured one
     assert "2 of 5 cells finished; remaining: c, d, e" in line and "about 45 min left (15.0 min per finished cell)" in line
-    assert progress_line([{"wall_s": 1.0}], []) == "all 1 cells finished"
+    assert progress_line(done, []) == "all 2 cells finished"
 
 
 def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """`make results` (`prost results`): the paper's claims measured, cell by cell, into RESULTS.md.
 
     prost results --size tiny                       # smoke run: tiny random model, a few tasks, minutes
-    prost results                                   # SmolLM2-135M, the mini-world, ~3 h on 2 CPU cores
+    prost results                                   # SmolLM2-135M, the mini-world: hours (docs/results.md)
     prost results --ablations true                  # + reverse, random, length, mask, shared adapter (one seed)
     prost results --report_only true                # rewrite RESULTS.md from the finished cells
 
@@ -26,6 +26,7 @@ results.json from the cell folders (docs/results.md: the statistics and the budg
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -198,16 +199,23 @@ def run_cell(spec: dict[str, Any], point: GridPoint, size: str, folder: Path, se
     return record
 
 
-def progress_line(done: list[dict[str, Any]], remaining: list[str]) -> str:
-    """What remains and the time left, estimated from the mean wall time of the finished cells."""
+def progress_line(done: list[dict[str, Any]], remaining: list[tuple[str, str]]) -> str:
+    """What remains and the time left: each remaining (cell, system) is priced at the mean wall time
+    of the finished cells of its system (a single-agent cell costs about twice a team's), else of all."""
     if not remaining:
         return f"all {len(done)} cells finished"
-    line = f"{len(done)} of {len(done) + len(remaining)} cells finished; remaining: {', '.join(remaining)}"
-    timed = [r["wall_s"] for r in done if r.get("wall_s")]
+    line = f"{len(done)} of {len(done) + len(remaining)} cells finished; remaining: {', '.join(n for n, _ in remaining)}"
+    timed = [(r.get("system"), r["wall_s"]) for r in done if r.get("wall_s")]
     if not timed:
         return line + "; no cell finished yet, so no time estimate"
-    mean = sum(timed) / len(timed)
-    return line + f"; about {mean * len(remaining) / 60:.0f} min left ({mean / 60:.1f} min per finished cell)"
+    overall = sum(w for _, w in timed) / len(timed)
+
+    def mean_of(system: str) -> float:
+        same = [w for s, w in timed if s == system]
+        return sum(same) / len(same) if same else overall
+
+    left = sum(mean_of(system) for _, system in remaining)
+    return line + f"; about {left / 60:.0f} min left ({overall / 60:.1f} min per finished cell)"
 
 
 # -- the verb -------------------------------------------------------------------------------------
@@ -220,6 +228,7 @@ def results(
     out: str | None = None,
     root: str | None = None,
     results_md: str | None = None,
+    only: list[str] | None = None,
     report_only: bool = False,
     dry_run: bool = False,
 ) -> dict:
@@ -227,7 +236,8 @@ def results(
 
     Args:
         grid: the results file (sweep format plus seeds and eval); `--config` is jsonargparse's own.
-        size: a size of the results file: cpu (SmolLM2-135M, all test tasks, ~3 h on 2 cores) |
+        size: a size of the results file: cpu (SmolLM2-135M, all test tasks; ~6 h on 2 cores with
+            today's rollout engine, docs/results.md) |
             tiny (random tiny model, a few tasks, minutes: a smoke run, its TGC stays 0).
         ablations: also run reverse, random, length, mask mode and shared adapter, at the first seed.
         wandb: log every cell's training and the results table and plot to one W&B group
@@ -236,6 +246,8 @@ def results(
         root: AppWorld data root (default: the results file's `root`, worlds/mini).
         results_md: where RESULTS.md goes (default: the file's `results.<size>`, else <out>/<size>/RESULTS.md);
             its plots and results.json go to a `results/` folder beside it.
+        only: run only these cells (by name, e.g. [single_full_s0]): split the grid across machines,
+            then copy the cell folders into one <out>/<size>/ and run `--report_only true` there.
         report_only: train nothing: rewrite RESULTS.md from the cells finished so far.
         dry_run: print the plan (cells, commands, what is finished) and change nothing.
 
@@ -247,6 +259,10 @@ def results(
         spec["root"] = root
     root = str(spec.get("root") or "worlds/mini")
     points = expand_grid(spec, size, ablations)
+    if only:
+        unknown = sorted(set(only) - {p.name for p in points})
+        if unknown:
+            raise ResultsError(f"--only {unknown}: not in the grid; cells: {[p.name for p in points]}")
     settings = eval_settings(spec, size)
     folder = Path(out or spec.get("out") or "runs/results") / size
     group = f"{spec['name']}-{size}"
@@ -254,13 +270,16 @@ def results(
     _check_writable(target)
     started = time.monotonic()
     if not dry_run and not report_only:
-        _collect(spec, points)
+        _collect(spec, [p for p in points if not only or p.name in only])
     cells, done = [], []
     for index, point in enumerate(points):
         cell_dir = folder / point.name
         record = cell_finished(cell_dir, root, settings) if Path(root).is_dir() else None
         entry = {"name": point.name, "folder": str(cell_dir)}
         cells.append(entry)
+        if only and point.name not in only and not record:
+            entry["status"] = "missing"  # another machine's cell
+            continue
         if record:
             entry["status"] = "finished earlier"
             done.append(record)
@@ -272,10 +291,12 @@ def results(
                 print(f"[dry run] {point.name}: prost fit --config {cell_dir / 'point.yaml'}, then prost eval on "
                       f"{', '.join(settings['splits'])}")
             continue
-        print(f"\n=== {point.name} === {progress_line(done, [p.name for p in points[index:]])}", flush=True)
+        print(f"\n=== {point.name} === {progress_line(done, [(p.name, p.system) for p in points[index:]])}", flush=True)
         done.append(run_cell(spec, point, size, cell_dir, settings, wandb, group))
         entry["status"] = "done"
-    print(progress_line(done, [c["name"] for c in cells if not c["status"].startswith(("finished", "done"))]))
+    systems = {p.name: p.system for p in points}
+    print(progress_line(done, [(c["name"], systems[c["name"]]) for c in cells
+                               if not c["status"].startswith(("finished", "done"))]))
     if dry_run:
         return {"cells": cells, "results_md": None}
     if not done:
@@ -295,14 +316,8 @@ def _check_writable(target: Path) -> None:
     probe = parent
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not _writable(probe):
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
         raise ResultsError(f"--results_md {target}: cannot write into {probe}; choose another path")
-
-
-def _writable(path: Path) -> bool:
-    import os
-
-    return os.access(path, os.W_OK)
 
 
 def _collect(spec: dict[str, Any], points: list[GridPoint]) -> None:

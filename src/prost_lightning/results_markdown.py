@@ -146,11 +146,12 @@ def to_markdown(result: Mapping[str, Any], images: str = "results/") -> str:
         f"- **Wall time**: {wall / 3600:.2f} h over {len(cells)} cells (fit {fit / 3600:.2f} h, evaluation "
         f"{(wall - fit) / 3600:.2f} h; cells finished {finished[0] if finished else '–'} to {finished[-1] if finished else '–'}); "
         f"this invocation {head['invocation_s']:.0f} s. Written {head['written_at']}.",
-        f"- **Training**: overrides `{head['overrides']}`; the same oracle data and the same optimizer steps for "
-        "every cell of a system (docs/results.md: why steps, not tokens)",
-        f"- **Evaluation**: every task of {', '.join(evaluation.get('splits') or [])}"
-        + (f" (first {head['size_eval']['max_tasks']} per split at this size)" if (head.get("size_eval") or {}).get("max_tasks") else "")
-        + ", greedy decoding, after training; never trained or tuned on",
+        f"- **Training**: overrides `{head['overrides']}`; the same oracle data (per system) and the same "
+        "optimizer steps for every cell (docs/results.md: why steps, not tokens)",
+        "- **Evaluation**: " + (f"the first {evaluation['max_tasks']} tasks of each of " if evaluation.get("max_tasks")
+                                 else "every task of ") + ", ".join(evaluation.get("splits") or [])
+        + f", once after training, greedy decoding (never trained or tuned on); limits `{evaluation.get('limits')}`, "
+        f"prompts `{evaluation.get('prompt_dir') or 'built-in'}`, engine `{evaluation.get('engine', 'hf')}`",
         f"- **Statistics**: mean over seeds; [95 % interval]: percentile bootstrap ({result['bootstrap']['samples']} "
         f"resamples, seed {result['bootstrap']['seed']}) over seeds and tasks (scenarios for SGC) jointly; "
         "differences are paired by seed and task. Figures in percent (points for differences).",

@@ -303,6 +303,7 @@ def write_results(folders: Sequence[Path], target: Path, *, spec: Mapping[str, A
                   invocation_s: float, wandb: bool = False, group: str | None = None) -> dict[str, Any]:
     """RESULTS.md at ``target``; pareto.png, subtask_errors.png and results.json in ``<target dir>/results/``."""
     from prost_lightning.pareto_plots import plot_pareto, plot_subtask_errors
+    from prost_lightning.results import eval_settings
     from prost_lightning.results_markdown import to_markdown
 
     cells = [load_cell(Path(f)) for f in folders]
@@ -311,8 +312,8 @@ def write_results(folders: Sequence[Path], target: Path, *, spec: Mapping[str, A
                            x_axis=(spec.get("report") or {}).get("x_axis", "flops"), title=f"{spec['name']} ({size})")
     result["header"] = {"command": command, "commit": commit(), "machine": machine(), "size": size,
                         "grid": spec.get("_path"), "written_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                        "invocation_s": round(invocation_s, 1), "eval": spec.get("eval"),
-                        "overrides": spec["sizes"][size].get("overrides"), "size_eval": spec["sizes"][size].get("eval")}
+                        "invocation_s": round(invocation_s, 1), "eval": eval_settings(spec, size),
+                        "overrides": spec["sizes"][size].get("overrides")}
     folder = target.parent / "results"
     write_atomic(folder / "pareto.png", plot_pareto(result))
     write_atomic(folder / "subtask_errors.png", plot_subtask_errors(result))
