@@ -147,15 +147,14 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, monkeypatch):
 
 def _table(markdown: str, heading: str) -> list[dict[str, str]]:
     """The rows of the Markdown table under ``## heading`` as {column: cell}."""
-    section = markdown.split(f"## {heading}", 1)[1]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
-    header = [h.strip() for h in lines[0].strip("|").split("|")]
-    rows = []
-    for line in lines[2:]:
-        if line.startswith("|---"):
+    lines = []
+    for line in markdown.split(f"## {heading}", 1)[1].splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:  # the first table ends at its first non-table line
             break
-        rows.append(dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)))
-    return rows
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [dict(zip(header, [c.strip() for c in line.strip("|").split("|")], strict=True)) for line in lines[2:]]
 
 
 def _value(cell: str) -> float:
@@ -222,3 +221,61 @@ def test_tiny_grid_end_to_end_then_resumes_and_its_results_match_the_cells(mini_
     assert cell_finished(torn, str(mini_world_root), settings) is None
     plan = results(**kwargs, dry_run=True)
     assert [c["status"] for c in plan["cells"]] == ["finished earlier"] * 3 + ["planned"]
+
+
+def _hand_made_cell(folder: Path, config: str, schedule: str, seed: int, solved: set[str], tasks: dict) -> None:
+    from prost_lightning.trajectory import Outcome, SubTask, Trajectory, Usage, write_trajectories
+
+    episodes = [Trajectory(task_id=t, system="single", instruction="do it", difficulty=1 + i % 2,
+                           subtasks=[SubTask(index=1, description="a"), SubTask(index=2, description="b")],
+                           conversations=[], outcome=Outcome(success=t in solved,
+                                                             failed_subtask=None if t in solved else 1 + i % 2),
+                           usage=Usage(llm_calls={"agent": 2}, prompt_tokens={"agent": 100 + i},
+                                       completion_tokens={"agent": 10}, flops=1e9, env_steps=1, wall_time_s=2.0))
+                for i, t in enumerate(t for ids in tasks.values() for t in ids)]
+    write_trajectories(folder / EPISODES_FILE, episodes)
+    (folder / "point.yaml").write_text(yaml.safe_dump({"model": {"roles": ["agent"], "base_model": "tiny"},
+                                                       "data": {"schedule": {"name": schedule}, "mode": "slice"}}))
+    (folder / CELL_FILE).write_text(json.dumps({
+        "cell": folder.name, "config": config, "system": "single", "schedule": schedule, "variant": None,
+        "seed": seed, "base_model": "tiny", "splits": list(tasks), "tasks": tasks,
+        "fit_s": 1.0, "eval_s": 2.0, "wall_s": 3.0}))
+
+
+def test_results_md_figures_equal_hand_computed_ones_on_known_cells(tmp_path, monkeypatch):
+    """Cells with known outcomes (no training): every TGC/SGC figure and difference is checked by hand."""
+    from prost_lightning.results_report import write_results
+
+    monkeypatch.chdir(ROOT)
+    tasks = {"test_normal": ["aa_1", "aa_2", "bb_1", "bb_2"], "test_challenge": ["cc_1", "cc_2"]}
+    solved = {("single_progressive", 0): {"aa_1", "aa_2", "bb_1", "cc_1"},
+              ("single_progressive", 1): {"aa_1", "aa_2", "cc_1", "cc_2"},
+              ("single_full", 0): {"aa_1"}, ("single_full", 1): {"aa_1", "bb_2"}}
+    folders = []
+    for (config, seed), ok in solved.items():
+        folder = tmp_path / "cells" / f"{config}_s{seed}"
+        _hand_made_cell(folder, config, config.split("_")[1], seed, ok, tasks)
+        folders.append(folder)
+    spec = load_results_spec(GRID)
+    target = tmp_path / "RESULTS.md"
+    result = write_results(folders, target, spec=spec, size="cpu", command="prost results (test)", invocation_s=1.0)
+    markdown = target.read_text()
+    tgc = {r["configuration"]: r for r in _table(markdown, "Task goal completion")}
+    sgc = {r["configuration"]: r for r in _table(markdown, "Scenario goal completion")}
+    # progressive: seed 0 solves 4/6, seed 1 4/6; full: 1/6 and 2/6
+    assert _value(tgc["single_progressive"]["overall"]) == pytest.approx(66.7, abs=0.05)
+    assert _value(tgc["single_full"]["overall"]) == pytest.approx(25.0, abs=0.05)
+    assert _value(tgc["single_progressive"]["test_challenge"]) == pytest.approx(75.0, abs=0.05)
+    # SGC: progressive seed 0 {aa} of {aa, bb, cc}, seed 1 {aa, cc}; full: none, none
+    assert _value(sgc["single_progressive"]["overall"]) == pytest.approx(50.0, abs=0.05)
+    assert _value(sgc["single_full"]["overall"]) == pytest.approx(0.0, abs=0.05)
+    diff = _table(markdown, "Paired differences")[0]
+    assert _value(diff["ΔTGC"]) == pytest.approx(41.7, abs=0.05) and diff["seeds"] == "2"
+    low, high = map(float, re.search(r"\[([-+\d.]+), ([-+\d.]+)\]", diff["ΔTGC"]).groups())
+    assert low <= 41.7 <= high
+    errors = {r["system · schedule"]: r for r in _table(markdown, "Sub-task error rates")}
+    # full fails 9 of 12 episodes; task i fails at sub-task 1 + i % 2
+    assert errors["single · full"]["any sub-task"] == "75.0%"
+    assert result["cells"][0]["tgc"] == pytest.approx(100 * 4 / 6)
+    assert "C1 (single): ProST − full = +41.7" in markdown
+    assert (tmp_path / "results" / "pareto.png").read_bytes().startswith(b"\x89PNG")

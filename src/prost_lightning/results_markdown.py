@@ -55,7 +55,8 @@ def differences_table(result: Mapping[str, Any]) -> list[str]:
               "Δ share failing inside a sub-task", "reading (TGC)"]
     lines = [[c["claim"], f"{c['a']} − {c['b']}", str(len(c["seeds"])), interval(c["tgc"]["all"], True),
               *[interval(c["tgc"][s], True) if s in c["tgc"] else "–" for s in splits], interval(c["sgc"], True),
-              interval(c["failed_in_subtask"], True), f"a {reading(c['tgc']['all'])}"]
+              interval(c["failed_in_subtask"], True),
+              {"better": "a better", "worse": "b better"}.get(reading(c["tgc"]["all"]), "no difference shown")]
              for c in result["comparisons"]]
     return _table(header, lines)
 
