@@ -224,11 +224,22 @@ def test_tiny_grid_end_to_end_then_resumes_and_its_results_match_the_cells(mini_
 
 
 def _hand_made_cell(folder: Path, config: str, schedule: str, seed: int, solved: set[str], tasks: dict) -> None:
-    from prost_lightning.trajectory import Outcome, SubTask, Trajectory, Usage, write_trajectories
+    from prost_lightning.trajectory import (
+        Conversation,
+        Message,
+        Outcome,
+        SubTask,
+        Trajectory,
+        Usage,
+        write_trajectories,
+    )
+
+    conversation = Conversation(role="agent", messages=[Message(role="user", content="task"),
+                                                         Message(role="assistant", content="a", subtask=1)])
 
     episodes = [Trajectory(task_id=t, system="single", instruction="do it", difficulty=1 + i % 2,
                            subtasks=[SubTask(index=1, description="a"), SubTask(index=2, description="b")],
-                           conversations=[], outcome=Outcome(success=t in solved,
+                           conversations=[conversation], outcome=Outcome(success=t in solved,
                                                              failed_subtask=None if t in solved else 1 + i % 2),
                            usage=Usage(llm_calls={"agent": 2}, prompt_tokens={"agent": 100 + i},
                                        completion_tokens={"agent": 10}, flops=1e9, env_steps=1, wall_time_s=2.0))
