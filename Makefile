@@ -74,9 +74,14 @@ SIZE ?= cpu
 ABLATIONS ?= false
 WANDB ?= false
 SWEEP_ARGS ?=
+RESULTS_ARGS ?=
 sweep: install model ## the paper's grid (SIZE=cpu|tiny|gpu, ABLATIONS=true, WANDB=true); report in runs/sweep/$(SIZE)/report
 	test -d $(WORLD)/data/tasks || $(BIN)/prost world build --root $(WORLD)
 	WANDB_MODE=$(if $(filter true,$(WANDB)),,offline) $(BIN)/prost sweep --size $(SIZE) --ablations $(ABLATIONS) --wandb $(WANDB) --root $(WORLD) $(SWEEP_ARGS)
+
+results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu hours, resumable; SIZE=tiny minutes; ABLATIONS=true, WANDB=true)
+	test -d $(WORLD)/data/tasks || $(BIN)/prost world build --root $(WORLD)
+	WANDB_MODE=$(if $(filter true,$(WANDB)),,offline) $(BIN)/prost results --size $(SIZE) --ablations $(ABLATIONS) --wandb $(WANDB) --root $(WORLD) $(RESULTS_ARGS)
 
 bench: install model ## benchmarks (full): bench/results.json + BENCHMARKS.md; BENCH_ARGS="--only memory" for one
 	WANDB_MODE=disabled $(BIN)/prost bench --world $(WORLD) $(BENCH_ARGS)
@@ -91,4 +96,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo sweep bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo sweep results bench lint clean

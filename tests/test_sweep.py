@@ -168,3 +168,20 @@ def test_command_line_dry_run_reads_the_given_grid(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "prost_lightning.sweep", "--size", "huge", "--dry_run", "true"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "choose one of cpu" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_seeds_repeat_the_core_grid_and_bad_seeds_name_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load(SWEEP.read_text())
+    path = tmp_path / "seeded.yaml"
+    path.write_text(yaml.safe_dump({**spec, "seeds": [3, 4]}, sort_keys=False))
+    points = expand_grid(load_spec(path), "cpu", ablations=True)
+    core = [p.name for p in points if not p.variant]
+    assert core[:2] == ["single_progressive_s3", "single_progressive_s4"] and len(core) == 8
+    assert {p.seed for p in points if p.variant} == {3}  # ablations once, at the first seed
+    assert points[1].overrides["seed_everything"] == 4 and points[1].overrides["data.seed"] == 4
+    assert all(p.seed is None for p in expand_grid(load_spec(SWEEP), "cpu"))  # no seeds: the YAML's own
+    for bad in ([1, 1], [], ["0"], 2):
+        path.write_text(yaml.safe_dump({**spec, "seeds": bad}))
+        with pytest.raises(SweepError, match="seeds: expected a list of distinct integers"):
+            load_spec(path)

@@ -36,6 +36,7 @@ VERBS: dict[str, str | dict[str, str]] = {
     "model": "prost_lightning.backbone:prepare_smollm2",
     "bench": "prost_lightning.bench:run",
     "sweep": "prost_lightning.sweep:sweep",
+    "results": "prost_lightning.results:results",
     "demo": "prost_lightning.demo:demo",
     "serve": "prost_lightning.serving.server:serve",
     "improve": "prost_lightning.improve:improve",

@@ -32,6 +32,10 @@ def plot_pareto(result: Mapping[str, Any]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for row in rows:
         on_front = row["name"] in front
+        if row.get("tgc_interval"):  # results: the 95 % interval of a configuration's mean over seeds
+            low, high = row["tgc_interval"]
+            ax.errorbar(row[key], row["tgc"], yerr=[[row["tgc"] - low], [high - row["tgc"]]], fmt="none",
+                        ecolor=colours[row["group"]], elinewidth=1, capsize=3, alpha=0.7, zorder=2)
         ax.scatter(row[key], row["tgc"], s=140 if on_front else 50, color=colours[row["group"]],
                    marker="*" if on_front else markers.get(row["system"], "^"),
                    edgecolors="black" if on_front else "none", zorder=3)

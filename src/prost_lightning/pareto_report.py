@@ -348,8 +348,10 @@ def report(
     return result
 
 
-def log_to_wandb(result: Mapping[str, Any], folder: Path, project: str, group: str | None) -> str:
-    """Log the runs table and both plots to one W&B run (job_type=report); returns the run's folder."""
+def log_to_wandb(result: Mapping[str, Any], folder: Path, project: str, group: str | None,
+                 tables: Mapping[str, tuple[list[str], list[list]]] | None = None) -> str:
+    """Log the runs table, both plots (``folder``'s PNGs) and any extra ``{key: (columns, rows)}``
+    tables to one W&B run (job_type=report); returns the run's folder."""
     import wandb as wb
 
     from prost_lightning.loggers import wandb_configured
@@ -365,7 +367,8 @@ def log_to_wandb(result: Mapping[str, Any], folder: Path, project: str, group: s
     try:
         run.log({"report/runs": wb.Table(columns=columns, data=data),
                  "report/pareto": wb.Image(str(folder / "pareto.png")),
-                 "report/subtask_errors": wb.Image(str(folder / "subtask_errors.png"))})
+                 "report/subtask_errors": wb.Image(str(folder / "subtask_errors.png")),
+                 **{key: wb.Table(columns=cols, data=rows) for key, (cols, rows) in (tables or {}).items()}})
         where = run.dir
     finally:
         run.finish()

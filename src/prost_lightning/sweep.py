@@ -39,7 +39,9 @@ from prost_lightning.errors import ProstError
 
 ROLLOUT_CLASS = "prost_lightning.rollout.RolloutCallback"
 SPEC_KEYS = {"name", "root", "out", "trajectories", "collect", "systems", "schedules", "ablations",
-             "ablation_systems", "sizes", "report"}
+             "ablation_systems", "sizes", "report", "seeds", "eval", "bootstrap", "results"}
+# the seed of a run drives LoRA initialisation, the batch order and the random schedule's draws
+SEED_KEYS = ("seed_everything", "data.seed", "data.schedule.seed")
 
 
 class SweepError(ProstError, ValueError):
@@ -56,6 +58,7 @@ class GridPoint:
     base_model: str
     variant: str | None = None  # the ablation's name; None for the core grid
     overrides: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None  # None: the experiment YAML's own seed
 
 
 # -- the sweep file ---------------------------------------------------------------------------------
@@ -83,6 +86,11 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     for name, overrides in (spec.get("ablations") or {}).items():
         if not isinstance(overrides, dict):
             raise SweepError(f"{path}: ablations.{name}: expected a mapping of dotted keys to values")
+    seeds = spec.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+                              or len(set(seeds)) != len(seeds)):
+        raise SweepError(f"{path}: seeds: expected a list of distinct integers, e.g. [0, 1, 2]; got {seeds!r}")
     spec["_path"] = str(path)
     return spec
 
@@ -92,16 +100,21 @@ def _slug(model: str) -> str:
 
 
 def expand_grid(spec: dict[str, Any], size: str = "cpu", ablations: bool = False) -> list[GridPoint]:
-    """The grid points, in run order: systems x schedules x base models, then the ablations."""
+    """The grid points, in run order: systems x schedules x base models (x seeds), then the ablations.
+
+    With ``seeds`` in the sweep file every core point runs once per seed (``<point>_s<seed>``) and
+    every ablation once, at the first seed; without it a point keeps its experiment YAML's seed.
+    """
     sizes = spec["sizes"]
     if size not in sizes:
         raise SweepError(f"--size {size!r}: choose one of {' | '.join(sizes)} (sizes in {spec.get('_path', 'the sweep file')})")
     models = list(sizes[size]["base_models"])
+    seeds = spec.get("seeds") or [None]
     suffix = (lambda m: f"_{_slug(m)}") if len(models) > 1 else (lambda m: "")
     points = [
-        GridPoint(name=f"{system}_{schedule}{suffix(model)}", system=system, schedule=schedule, base_model=model,
-                  overrides={"data.schedule.name": schedule})
-        for model, system, schedule in itertools.product(models, spec["systems"], spec["schedules"])
+        _seeded(GridPoint(name=f"{system}_{schedule}{suffix(model)}", system=system, schedule=schedule,
+                          base_model=model, overrides={"data.schedule.name": schedule}), seed)
+        for model, system, schedule, seed in itertools.product(models, spec["systems"], spec["schedules"], seeds)
     ]
     if ablations:
         systems = spec.get("ablation_systems") or list(spec["systems"])
@@ -109,13 +122,21 @@ def expand_grid(spec: dict[str, Any], size: str = "cpu", ablations: bool = False
             merged = {"data.schedule.name": "progressive", **overrides}
             if variant == "shared_adapter" and system == "single":
                 continue  # one role: a shared adapter is the same run
-            points.append(GridPoint(name=f"{system}_{variant}{suffix(model)}", system=system,
-                                    schedule=str(merged["data.schedule.name"]), base_model=model,
-                                    variant=variant, overrides=merged))
+            points.append(_seeded(GridPoint(name=f"{system}_{variant}{suffix(model)}", system=system,
+                                            schedule=str(merged["data.schedule.name"]), base_model=model,
+                                            variant=variant, overrides=merged), seeds[0]))
     names = [p.name for p in points]
     if len(set(names)) != len(names):
         raise SweepError(f"{spec.get('_path')}: grid point names collide: {names}")
     return points
+
+
+def _seeded(point: GridPoint, seed: int | None) -> GridPoint:
+    if seed is None:
+        return point
+    point.name, point.seed = f"{point.name}_s{seed}", seed
+    point.overrides.update({key: seed for key in SEED_KEYS})
+    return point
 
 
 # -- configs ----------------------------------------------------------------------------------------
@@ -162,7 +183,8 @@ def point_config(spec: dict[str, Any], point: GridPoint, size: str, run_dir: Pat
     for key, value in {**(spec["sizes"][size].get("overrides") or {}), **point.overrides, **fixed}.items():
         set_dotted(config, key, value)
     if wandb:
-        tags = [point.system, point.schedule, _slug(point.base_model)] + ([point.variant] if point.variant else [])
+        tags = [point.system, point.schedule, _slug(point.base_model)] + ([point.variant] if point.variant else []) \
+            + ([f"seed{point.seed}"] if point.seed is not None else [])
         config["trainer"]["logger"] = [
             {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(run_dir)}},
             {"class_path": "prost_lightning.loggers.ProstWandbLogger",
@@ -179,13 +201,15 @@ PROST = [sys.executable, "-m", "prost_lightning.cli"]
 def collect_commands(spec: dict[str, Any], systems: list[str]) -> list[list[str]]:
     """One ``prost collect`` per system and split (train for training, dev for validation loss)."""
     collect = spec.get("collect") or {}
+    # the prompts are baked into the trajectories: evaluation must then use the same prompt_dir
+    prompts = ["--prompt_dir", str(collect["prompt_dir"])] if collect.get("prompt_dir") else []
     commands = []
     for system in systems:
         for split in collect.get("splits", ["train", "dev"]):
             commands.append([*PROST, "collect", "--teacher", str(collect.get("teacher", "oracle")), "--system", system,
                              "--split", split, "--root", str(spec.get("root") or "worlds/mini"),
                              "--out", trajectory_file(spec, system, split),
-                             "--pool_size", str(collect.get("pool_size", 2)), "--progress", "false"])
+                             "--pool_size", str(collect.get("pool_size", 2)), *prompts, "--progress", "false"])
     return commands
 
 
@@ -205,7 +229,7 @@ def finished(run_dir: Path) -> bool:
     return any(run_dir.rglob("fit_summary.json")) and any(run_dir.rglob("rollouts/epoch_*.jsonl"))
 
 
-def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+def write_point_yaml(path: Path, data: dict[str, Any]) -> None:
     from prost_lightning.files import write_atomic
 
     header = "# Written by prost_lightning.sweep: one grid point, complete. Rerun it with\n"
@@ -279,7 +303,7 @@ def sweep(
             print(f"{point.name}: finished earlier, skipped (--rerun true to train it again)")
             entry["status"] = "skipped"
             continue
-        _write_yaml(point_yaml, point_config(spec, point, size, run_dir, wandb=wandb, group=group))
+        write_point_yaml(point_yaml, point_config(spec, point, size, run_dir, wandb=wandb, group=group))
         print(f"\n=== {point.name} ===\n{show(command)}", flush=True)
         started = time.monotonic()
         code = subprocess.run(command).returncode
