@@ -18,7 +18,9 @@ from prost_lightning.errors import ConfigError
 
 # figures that may legitimately be zero or negative (a difference, a share)
 _SIGNED = ("http_overhead_",)  # differences of two timings: noise can make them negative
-_MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc")  # untrained teams may solve nothing
+# untrained teams may solve nothing; one short episode may offer no draft; bf16 may round to other replies
+_MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc", "hf_bf16_tgc", "hf_draft_acceptance",
+                "hf_bf16_draft_acceptance", "identical_episodes_hf_bf16")
 
 
 def _check_result(result: dict, name: str) -> None:
@@ -96,12 +98,12 @@ def test_rollouts_quick(tmp_path, mini_world_root):
 def test_rollout_engines_quick(tmp_path, mini_world_root):
     result = _run_quick(tmp_path, "rollout_engines", world=str(mini_world_root))
     figures = result["figures"]
-    assert figures["identical_episodes"]["value"] == 1.0  # greedy: both engines play the same actions
+    assert figures["identical_episodes_hf"]["value"] == 1.0  # greedy fp32: both engines play the same actions
     assert figures["hf_tgc"]["value"] == figures["hf_generate_tgc"]["value"]
     assert figures["hf_cache_share"]["value"] > 0.3
     assert figures["hf_prompt_tokens"]["value"] == figures["hf_generate_prompt_tokens"]["value"]
     assert figures["hf_prompt_tokens_processed"]["value"] < 0.7 * figures["hf_prompt_tokens"]["value"]
-    assert result["targets"][0]["figure"] == "speedup_hf_vs_hf_generate"
+    assert result["targets"][0]["figure"] in ("speedup_hf_vs_hf_generate", "speedup_hf_bf16_vs_hf_generate")
 
 
 def test_only_rejects_unknown_names_and_results_merge(tmp_path):

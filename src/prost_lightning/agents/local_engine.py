@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from prost_lightning.backbone import base_parameter_count
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import stop_token_ids
 from .kv_slots import SlotCache
@@ -109,7 +110,7 @@ class LocalEngine(StreamingPolicy):
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
                  cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
-                 draft_tokens: int = 0, step_tokens: int = 16):
+                 draft_tokens: int = 4, step_tokens: int = 16):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -121,7 +122,8 @@ class LocalEngine(StreamingPolicy):
             num_parameters: base parameters, for FLOPs (default: counted from the model).
             seed: seed of the sampling generator (sampling only).
             draft_tokens: greedy decoding: up to this many tokens per row guessed from the row's
-                own context (prompt lookup) and checked in the same forward pass; 0 (default): none.
+                own context (prompt lookup) and checked in the same forward pass (replies unchanged;
+                1.99x vs 1.71x over plain generate with none, docs/rollouts.md); 0: none.
             step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
                 near free for a few rows, not for a full batch.
         """
@@ -135,7 +137,7 @@ class LocalEngine(StreamingPolicy):
         self.cache_tokens = cache_tokens
         self.draft_tokens = 0 if do_sample else max(0, draft_tokens)
         self.step_tokens = step_tokens
-        self.num_parameters = num_parameters or sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+        self.num_parameters = num_parameters or base_parameter_count(model)
         self.stop_ids = set(stop_token_ids(tokenizer))
         self.mixed = hasattr(model, "peft_config")
         self.stats = EngineStats()
