@@ -29,23 +29,22 @@ import time
 from pathlib import Path
 
 from prost_lightning.backbone import fast_bf16
-from prost_lightning.env.tasks import is_world_root
+from prost_lightning.env.tasks import is_world_root, load_task_ids
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import write_atomic
+from prost_lightning.metrics import scenario_of
 
 
 def held_out_tasks(root: Path, split: str, scenarios: int | None) -> list[str]:
     """All variants of the first `scenarios` scenarios of the split (SGC needs whole scenarios)."""
-    from prost_lightning.env.tasks import load_task_ids
-
     ids = load_task_ids(root, split)
     if scenarios is None:
         return ids
     chosen: list[str] = []
-    for scenario in dict.fromkeys(t.split("_")[0] for t in ids):
+    for scenario in dict.fromkeys(scenario_of(t) for t in ids):
         if len(chosen) >= scenarios * 3:
             break
-        chosen += [t for t in ids if t.split("_")[0] == scenario]
+        chosen += [t for t in ids if scenario_of(t) == scenario]
     return chosen
 
 
@@ -282,7 +281,8 @@ def demo(
         max_steps_per_subtask: executor replies per sub-task: code attempts + the report (3 = a retry).
         max_subtasks: sub-tasks the planner may emit per episode.
         engine: rollout engine of both evaluations: hf (prefix caches, every role in one batch; the
-            fastest on CPU, `prost bench --only rollout_engines`) | hf_generate (plain generate).
+            fastest on CPU, `prost bench --only rollout_engines`) | hf_generate (plain generate) |
+            vllm (a managed vLLM server, `make serve-venv`; for GPUs).
     """
     from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits

@@ -73,6 +73,14 @@ def resolve_kinds(kinds: Sequence[str] | None) -> list[str]:
 
 
 # -- the built-in kinds ------------------------------------------------------------------------------
+def _replace_one(code: str, matches: list[re.Match], rng: random.Random, wrong) -> str | None:
+    """``code`` with one of ``matches`` (drawn by ``rng``) replaced by ``wrong(match)``; None without any."""
+    if not matches:
+        return None
+    m = rng.choice(matches)
+    return code[:m.start()] + wrong(m) + code[m.end():]
+
+
 _API_CALL = re.compile(r"apis\.(\w+)\.([a-z]+)_(\w+)")
 # a verb a small model confuses with the right one; the result names no API of the mini-world's apps
 _VERB_SWAPS = {"show": "search", "search": "show", "create": "add", "add": "create", "delete": "remove",
@@ -82,11 +90,7 @@ _VERB_SWAPS = {"show": "search", "search": "show", "create": "add", "add": "crea
 @register_perturbation("wrong_api")
 def wrong_api(code: str, rng: random.Random) -> str | None:
     calls = [m for m in _API_CALL.finditer(code) if m.group(2) in _VERB_SWAPS]
-    if not calls:
-        return None
-    m = rng.choice(calls)
-    wrong = f"apis.{m.group(1)}.{_VERB_SWAPS[m.group(2)]}_{m.group(3)}"
-    return code[:m.start()] + wrong + code[m.end():]
+    return _replace_one(code, calls, rng, lambda m: f"apis.{m.group(1)}.{_VERB_SWAPS[m.group(2)]}_{m.group(3)}")
 
 
 _COLLECT = re.compile(r"collect\((apis\.\w+\.\w+),\s*")
@@ -115,10 +119,7 @@ _APP_SWAPS = {"simple_note": "notes", "spotify": "music", "todoist": "todo", "ph
 def wrong_app(code: str, rng: random.Random) -> str | None:
     """A login to the app under another name (``login("notes")`` for simple_note): no such account."""
     logins = [m for m in _LOGIN.finditer(code) if m.group(1) in _APP_SWAPS]
-    if not logins:
-        return None
-    m = rng.choice(logins)
-    return code[:m.start()] + f'login("{_APP_SWAPS[m.group(1)]}")' + code[m.end():]
+    return _replace_one(code, logins, rng, lambda m: f'login("{_APP_SWAPS[m.group(1)]}")')
 
 
 _FIELD = re.compile(r'\["(\w+)"\]')
@@ -134,11 +135,7 @@ def _swap(name: str, table: Mapping[str, str]) -> str:
 
 @register_perturbation("wrong_field")
 def wrong_field(code: str, rng: random.Random) -> str | None:
-    fields = list(_FIELD.finditer(code))
-    if not fields:
-        return None
-    m = rng.choice(fields)
-    return code[:m.start()] + f'["{_swap(m.group(1), _FIELD_SWAPS)}"]' + code[m.end():]
+    return _replace_one(code, list(_FIELD.finditer(code)), rng, lambda m: f'["{_swap(m.group(1), _FIELD_SWAPS)}"]')
 
 
 _KEYWORD = re.compile(r"(?<=[(,\s])(\w+)=(?!=)")
@@ -152,10 +149,7 @@ _ARGUMENT_SWAPS = {"alarm_id": "id", "note_id": "id", "playlist_id": "id", "proj
 def wrong_argument(code: str, rng: random.Random) -> str | None:
     """A wrong keyword name in an API call (the access token is left alone: a different mistake)."""
     names = [m for m in _KEYWORD.finditer(code) if m.group(1) != "access_token" and "apis." in code[:m.start()]]
-    if not names:
-        return None
-    m = rng.choice(names)
-    return code[:m.start()] + _swap(m.group(1), _ARGUMENT_SWAPS) + "=" + code[m.end():]
+    return _replace_one(code, names, rng, lambda m: _swap(m.group(1), _ARGUMENT_SWAPS) + "=")
 
 
 _NAME_SWAPS = {"matches": "match", "person": "contact", "transactions": "transaction"}

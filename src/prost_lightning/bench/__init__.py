@@ -87,8 +87,9 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
     for name in names:
         print(f"[bench] {name}{' (quick)' if quick else ''} on {device} ...", file=sys.stderr, flush=True)
         result = run_one(name, ctx)
-        suite["benchmarks"][name] = result
         suite["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        # each benchmark keeps the machine and time of its own run: a suite mixes runs of several days
+        suite["benchmarks"][name] = {**result, "machine": suite["machine"], "measured": suite["updated"]}
         results_markdown.save(results_path, data)  # after each benchmark: a later crash keeps the earlier figures
         print(results_markdown.console_lines(result), file=sys.stderr, flush=True)
     suite["benchmarks"] = {n: suite["benchmarks"][n] for n in BENCHMARKS if n in suite["benchmarks"]}

@@ -151,6 +151,20 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+FAST_PATH_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # they change CPU figures severalfold
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [f for f in FAST_PATH_FLAGS if f in present]
+    except OSError:
+        pass
+    return []
+
+
 def _ram_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -177,6 +191,7 @@ def machine_info(device: str = "cpu") -> dict:
         usable = os.cpu_count()
     info = {
         "cpu_model": _cpu_model(),
+        "cpu_flags": _cpu_flags(),
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
         "torch_threads": torch.get_num_threads(),

@@ -83,8 +83,10 @@ def _description(name: str) -> str:
 
 
 def _machine_line(machine: dict) -> str:
+    flags = machine.get("cpu_flags")
+    flag_text = "" if flags is None else f", {' '.join(flags) if flags else 'no AVX-512'}"
     parts = [f"CPU {machine.get('cpu_model')} ({machine.get('cpu_cores_usable')} usable of "
-             f"{machine.get('cpu_cores')} cores, torch threads {machine.get('torch_threads')})",
+             f"{machine.get('cpu_cores')} cores{flag_text}, torch threads {machine.get('torch_threads')})",
              f"RAM {machine.get('ram_gb')} GB"]
     if machine.get("gpu"):
         parts.append(f"GPU {machine['gpu']} ({machine.get('gpu_memory_gb')} GB, CUDA {machine.get('cuda')})")
@@ -95,8 +97,9 @@ def _machine_line(machine: dict) -> str:
 
 
 def _suite_markdown(device: str, suite: dict) -> list[str]:
-    out = [f"## Suite: {device}", "", f"Machine: {_machine_line(suite.get('machine', {}))}.",
-           f"Last updated {suite.get('updated', '?')}.", ""]
+    out = [f"## Suite: {device}", "", f"Machine of the latest run: {_machine_line(suite.get('machine', {}))}.",
+           f"Last updated {suite.get('updated', '?')}. Each benchmark below says when and on which CPU it "
+           "was measured.", ""]
     if suite.get("caveats"):  # free-text remarks on this suite's run (e.g. a shared, overloaded machine)
         out += ["**Caveats for this run:**", ""] + [f"- {c}" for c in suite["caveats"]] + [""]
     out += ["### Targets", "",
@@ -121,7 +124,9 @@ def _suite_markdown(device: str, suite: dict) -> list[str]:
             if t and not t["pass"]:
                 misses.append(f"- **{name}.{key}**: {t['miss']}. {t.get('note', '')}".rstrip())
         settings = json.dumps(result.get("settings", {}), sort_keys=True)
-        details.append(f"**{label}** ({result['seconds']} s). {_description(name)}\n\n"
+        measured = (f" Measured {result['measured']} on {_machine_line(result['machine'])}."
+                    if result.get("machine") else " Measured before machines were recorded per benchmark.")
+        details.append(f"**{label}** ({result['seconds']} s).{measured} {_description(name)}\n\n"
                        f"Settings: `{settings}`")
         details.extend(f"- {n}" for n in result.get("notes", []))
         details.append("")
