@@ -70,6 +70,11 @@ debug: install ## the debug experiment: tiny model, fixture trajectories, 3 epoc
 demo: install model ## the main job: mini-world, oracle data, SmolLM2 team before/after ProST (< 30 min, CPU)
 	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo --root $(WORLD)
 
+demo-seeds: install model ## the demo at seeds 1 and 2 beside `make demo`'s seed 0, then mean and spread (~1 h, CPU)
+	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s1 --root $(WORLD) --seed 1
+	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s2 --root $(WORLD) --seed 2
+	$(BIN)/prost demo-seeds '[runs/demo, runs/demo_s1, runs/demo_s2]' --out runs/demo/seeds.md
+
 SIZE ?= cpu
 ABLATIONS ?= false
 WANDB ?= false
@@ -96,4 +101,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo sweep results bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds sweep results bench lint clean

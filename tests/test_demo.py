@@ -105,3 +105,31 @@ def test_auto_size_fits_the_fit_into_what_the_budget_leaves_and_says_so():
         plan_steps("huge", budget_s=0, elapsed_s=0, eval_s=0, precision="32-true", epochs=3)
     config = str(REPO / "experiments" / "demo.yaml")
     assert _epochs(config, []) == 3 and _epochs(config, ["--trainer.max_epochs", "2"]) == 2
+
+
+def _seed_report(folder: Path, seed: int, trained_tgc: dict[str, float]) -> None:
+    split_tasks = {"test_normal": ["a_1", "a_2"], "test_challenge": ["b_1"]}
+    goal = lambda tgc: {"goal": {"tgc": tgc, "sgc": tgc / 2}}  # noqa: E731
+    folder.mkdir()
+    (folder / "report.json").write_text(json.dumps({
+        "eval_splits": list(split_tasks), "eval_tasks": split_tasks, "recipe": {"seed": seed},
+        "untrained": {s: goal(0.0) for s in split_tasks}, "trained": {s: goal(v) for s, v in trained_tgc.items()},
+        "wall_time_s": {"total": 1500.0 + 60 * seed}}))
+
+
+def test_seeds_table_gives_mean_spread_and_the_runs_that_beat_the_untrained_team(tmp_path):
+    from prost_lightning.demo import seeds_table
+    from prost_lightning.errors import ConfigError
+
+    for seed, normal, challenge in ((0, 50.0, 0.0), (1, 40.0, 20.0), (2, 30.0, 10.0)):
+        _seed_report(tmp_path / f"s{seed}", seed, {"test_normal": normal, "test_challenge": challenge})
+    table = seeds_table([str(tmp_path / f"s{s}") for s in range(3)], out=str(tmp_path / "seeds.md"))
+    assert (tmp_path / "seeds.md").read_text() == table
+    normal = next(line for line in table.splitlines() if line.startswith("| `test_normal`"))
+    assert "| 40.0 ± 10.0 (50.0, 40.0, 30.0) |" in normal and normal.endswith("| 3 of 3 |")
+    challenge = next(line for line in table.splitlines() if line.startswith("| `test_challenge`"))
+    assert "| 10.0 ± 10.0 (0.0, 20.0, 10.0) |" in challenge and challenge.endswith("| 2 of 3 |")
+    assert "seeds 0, 1, 2" in table and "26.0 ± 1.0" in table  # wall time in minutes
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        seeds_table([str(tmp_path / "s0"), str(tmp_path / "missing")])

@@ -78,9 +78,10 @@ def _latest_version(train_dir: Path) -> Path:
 
 
 # Seconds per optimizer step of the demo's fit (batch 4, SmolLM2-135M, LoRA on attention + MLP) on
-# a 2-core AMD EPYC with AVX512-BF16: 971 s for 176 steps with bf16-mixed (README); fp32 measured
-# 1.9x slower there (docs/training-notes.md). Other CPUs differ: the report shows the projection.
-SECONDS_PER_STEP = {"bf16-mixed": 5.5, "32-true": 10.5}
+# a 2-core AMD EPYC with AVX512-BF16: 893 s for 99 steps with bf16-mixed on the recovery data (its
+# samples carry the mistake and its error as context: longer than the plain oracle's, 5.5 s/step);
+# fp32 measured 1.9x slower there (docs/training-notes.md). Other CPUs differ: the report shows the projection.
+SECONDS_PER_STEP = {"bf16-mixed": 9.0, "32-true": 17.1}
 MIN_STEPS_PER_EPOCH = 10  # below this the fit teaches nothing worth evaluating: the budget gives way
 REPORT_MARGIN_S = 60  # reports, plots and the model loads the projection does not count
 
@@ -243,6 +244,7 @@ def demo(
     max_steps_per_subtask: int = 3,
     max_subtasks: int = 5,
     engine: str = "hf",
+    seed: int = 0,
 ) -> dict:
     """Run the main job end to end on the embedded defaults and write the report.
 
@@ -283,6 +285,8 @@ def demo(
         engine: rollout engine of both evaluations: hf (prefix caches, every role in one batch; the
             fastest on CPU, `prost bench --only rollout_engines`) | hf_generate (plain generate) |
             vllm (a managed vLLM server, `make serve-venv`; for GPUs).
+        seed: seed of the fit (LoRA initialisation and batch order); the teacher data stays the same
+            (``perturb_seed``), so runs of several seeds differ by training alone (`prost demo-seeds`).
     """
     from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits
@@ -333,8 +337,9 @@ def demo(
                         epochs=_epochs(config, list(fit_args or [])) + improve_rounds)  # a round resumes for one epoch
     print(f"[demo] size {sizing['size']}: {sizing['steps_per_epoch'] or 'all'} steps per epoch ({sizing['why']})")
 
+    seeded = ["--seed_everything", str(seed), "--data.seed", str(seed), *(fit_args or [])]
     version = fine_tune_phase(config, train_file, out_dir / "train", precision=precision, base_model=base_model,
-                              roles=roles, steps_per_epoch=sizing["steps_per_epoch"], fit_args=list(fit_args or []))
+                              roles=roles, steps_per_epoch=sizing["steps_per_epoch"], fit_args=seeded)
     t = phase("fine_tune", t)
 
     improved = None
@@ -354,7 +359,7 @@ def demo(
 
     fit_summary_path = version / "fit_summary.json"
     recipe = {**_recipe(perturb, improve_rounds, improve_samples, limits), "perturb_seed": perturb_seed, **data,
-              "train_tasks": len(train_tasks), "train_variants": train_variants or 3, "size": sizing["size"],
+              "seed": seed, "train_tasks": len(train_tasks), "train_variants": train_variants or 3, "size": sizing["size"],
               "size_reason": sizing["why"], "steps_per_epoch": sizing["steps_per_epoch"]}
     report = {
         "system": system,
@@ -379,6 +384,48 @@ def demo(
     plot_before_after(report, out_dir / "report.png")
     print(render_markdown(report))
     return report
+
+
+def seeds_table(runs: list[str], out: str | None = None) -> str:
+    """Mean and spread over demo runs of several seeds (`prost demo --seed N --out ...` each).
+
+    Args:
+        runs: demo output folders (each with its report.json), e.g. [runs/demo, runs/demo_s1, runs/demo_s2].
+        out: optionally write the table (markdown) here.
+    """
+    import statistics
+
+    reports = []
+    for run in runs:
+        path = Path(run) / "report.json"
+        if not path.is_file():
+            raise ConfigError(f"runs: {path} does not exist; run `prost demo --out {run}` first")
+        reports.append(json.loads(path.read_text()))
+    splits = reports[0]["eval_splits"]
+    if any(r["eval_splits"] != splits or r["eval_tasks"] != reports[0]["eval_tasks"] for r in reports):
+        raise ConfigError("runs: the reports evaluated different held-out tasks; compare runs of the same settings")
+
+    def spread(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.1f} ± {sd:.1f} ({', '.join(f'{v:.1f}' for v in values)})"
+
+    lines = [f"{len(reports)} runs (seeds {', '.join(str(r['recipe'].get('seed', 0)) for r in reports)}): "
+             "mean ± standard deviation (each run's value)", "",
+             "| split | tasks | untrained TGC | trained TGC | trained SGC | trained > untrained |", "|---|---|---|---|---|---|"]
+    for split in splits:
+        before = [r["untrained"][split]["goal"]["tgc"] for r in reports]
+        after = [r["trained"][split]["goal"]["tgc"] for r in reports]
+        sgc = [r["trained"][split]["goal"]["sgc"] for r in reports]
+        better = sum(a > b for a, b in zip(after, before, strict=True))
+        lines.append(f"| `{split}` | {len(reports[0]['eval_tasks'][split])} | {spread(before)} | {spread(after)} | "
+                     f"{spread(sgc)} | {better} of {len(reports)} |")
+    minutes = [r["wall_time_s"]["total"] / 60 for r in reports]
+    lines += ["", f"Wall time per run: {spread(minutes)} min."]
+    table = "\n".join(lines) + "\n"
+    if out:
+        write_atomic(out, table)
+    print(table)
+    return table
 
 
 def _episode_outcomes(task_ids: list[str], files: dict[str, Path]) -> dict[str, dict[str, str]]:
