@@ -241,10 +241,10 @@ def test_continuous_batching_plays_the_round_loops_episodes(tiny_team, mini_worl
     for rounds, continuous in zip(played["rounds"], played["continuous"], strict=True):
         assert _actions(continuous) == _actions(rounds)
         assert continuous.outcome == rounds.outcome
-    # the shared system prompt is computed once and charged to whichever episode reaches it first
-    # (thread timing in the continuous loop): the team's total is what both loops must agree on
-    total = {mode: sum(t.usage.flops for t in episodes) for mode, episodes in played.items()}
-    assert total["continuous"] == total["rounds"]
+        # FLOPs are not compared: which prefix is already cached when a request arrives (the shared
+        # system prompt, a sibling's turn) depends on thread timing, so computed tokens may differ
+        assert continuous.usage.prompt_tokens == rounds.usage.prompt_tokens
+        assert continuous.usage.completion_tokens == rounds.usage.completion_tokens
     assert engines["continuous"].stats.joined_running_batch > 0  # replies did join running batches
     assert engines["rounds"].stats.joined_running_batch == 0  # each round's batch started together
     assert not engines["continuous"].busy
