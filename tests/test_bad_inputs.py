@@ -146,6 +146,23 @@ def test_corpus_through_prost_fit_loading(tmp_path, capsys, name, data, accepted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
 
 
+def test_a_repeated_task_is_trained_only_when_asked(tmp_path, capsys):
+    """`prost improve` merges several verified episodes of one task: data.repeated_tasks lets them in."""
+    from prost_lightning.data.datamodule import TrajectoryDataModule
+
+    path = tmp_path / "merged.jsonl"
+    path.write_bytes(g + b"\n" + g + b"\n")
+    with pytest.raises(ProstError, match="data.repeated_tasks"):
+        read_trajectories(path, training=True)
+    assert len(read_trajectories(path, training=True, repeated_tasks=True)) == 2
+    data = TrajectoryDataModule(str(path), repeated_tasks=True)
+    data.setup("fit")
+    alone = TrajectoryDataModule(str(ROOT / "tests" / "fixtures" / "trajectories.jsonl"))
+    alone.setup("fit")
+    first_only = [c for c in alone._train if c.task_id == json.loads(GOOD)["task_id"]]
+    assert len(data._train) == 2 * len(first_only) > 0  # both copies rendered and trained
+
+
 def test_eval_records_an_empty_reply_that_training_refuses(tmp_path):
     """What `prost eval` writes (a model may answer nothing) reads back; only training refuses it."""
     path = tmp_path / "episodes.jsonl"
