@@ -152,3 +152,13 @@ def test_every_trainer_comes_from_the_prost_fit_cli(tmp_path):
     checker.write_text("import lightning as L\nfrom lightning.pytorch import Trainer\nt = L.Trainer(max_epochs=1)\n"
                        "u = L.pytorch.Trainer()\n")
     assert hand_built_trainers(checker) == [2, 3, 4]
+
+
+def test_the_readme_layout_names_every_top_level_module_and_package():
+    """A newcomer finds every module of the package in the README's layout section."""
+    readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    names = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    names += [p.name + "/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
+    missing = [n for n in sorted(names) if n not in layout]
+    assert not missing, f"README.md's layout does not list {missing}"
