@@ -73,7 +73,7 @@ demo: install model ## the main job: mini-world, oracle data, SmolLM2 team befor
 demo-seeds: install model ## the demo at seeds 1 and 2 beside `make demo`'s seed 0, then mean and spread (~1 h, CPU)
 	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s1 --root $(WORLD) --seed 1
 	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s2 --root $(WORLD) --seed 2
-	$(BIN)/prost demo-seeds '[runs/demo, runs/demo_s1, runs/demo_s2]' --out runs/demo/seeds.md
+	$(BIN)/prost demo-seeds --runs '[runs/demo, runs/demo_s1, runs/demo_s2]' --out runs/demo/seeds.md
 
 SIZE ?= cpu
 ABLATIONS ?= false

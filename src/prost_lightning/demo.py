@@ -387,7 +387,7 @@ def demo(
 
 
 def seeds_table(runs: list[str], out: str | None = None) -> str:
-    """Mean and spread over demo runs of several seeds (`prost demo --seed N --out ...` each).
+    """Mean and spread over demo runs of several seeds (`prost demo --seed N --out ...` each), as markdown.
 
     Args:
         runs: demo output folders (each with its report.json), e.g. [runs/demo, runs/demo_s1, runs/demo_s2].
@@ -424,8 +424,7 @@ def seeds_table(runs: list[str], out: str | None = None) -> str:
     table = "\n".join(lines) + "\n"
     if out:
         write_atomic(out, table)
-    print(table)
-    return table
+    return table  # `prost demo-seeds` prints it
 
 
 def _episode_outcomes(task_ids: list[str], files: dict[str, Path]) -> dict[str, dict[str, str]]:
