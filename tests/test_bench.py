@@ -50,8 +50,12 @@ def _run_quick(tmp_path, name: str, **kwargs) -> dict:
     assert suite["benchmarks"][name]["figures"] == result["figures"]
     for key in ("cpu_model", "cpu_cores", "ram_gb", "torch", "transformers"):
         assert suite["machine"][key], key
+    entry = suite["benchmarks"][name]  # each benchmark says when and on which machine it ran
+    assert entry["machine"] == suite["machine"] and entry["measured"] == suite["updated"]
+    assert isinstance(entry["machine"]["cpu_flags"], list)
     text = report.read_text()
     assert "| benchmark | figure |" in text and name in text and suite["machine"]["cpu_model"] in text
+    assert f"Measured {entry['measured']} on CPU" in text
     return result
 
 

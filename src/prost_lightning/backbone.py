@@ -47,18 +47,22 @@ class ModelNotFoundError(ProstError, FileNotFoundError):
     """A model name that resolves to nothing; the message says how to get it."""
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo); empty where they cannot be read cheaply (not Linux)."""
+    try:
+        return {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+                for f in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
 def fast_bf16() -> bool:
     """True on CPUs where bf16 compute beats fp32: those with AVX512-BF16 or AMX.
 
     On other CPUs bf16 is emulated and far slower (measured; docs/training-notes.md), so callers
-    pick ``float32`` / ``32-true`` there.
+    pick ``float32`` / ``32-true`` there; where the flags cannot be read, the safe side.
     """
-    try:
-        flags = {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-                 for f in line.split(":", 1)[1].split()}
-    except OSError:  # not Linux: no cheap way to tell, stay on the safe side
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def models_dir() -> Path:

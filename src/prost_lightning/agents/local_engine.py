@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prost_lightning.backbone import base_parameter_count
+
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import stop_token_ids
 from .kv_slots import SlotCache

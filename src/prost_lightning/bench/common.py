@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from prost_lightning.backbone import cpu_flags
 from prost_lightning.errors import ProstError
 from prost_lightning.files import write_atomic
 
@@ -154,17 +155,6 @@ def _cpu_model() -> str:
 FAST_PATH_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16")  # they change CPU figures severalfold
 
 
-def _cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in FAST_PATH_FLAGS if f in present]
-    except OSError:
-        pass
-    return []
-
-
 def _ram_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -191,7 +181,7 @@ def machine_info(device: str = "cpu") -> dict:
         usable = os.cpu_count()
     info = {
         "cpu_model": _cpu_model(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": [f for f in FAST_PATH_FLAGS if f in cpu_flags()],
         "cpu_cores": os.cpu_count(),
         "cpu_cores_usable": usable,
         "torch_threads": torch.get_num_threads(),
