@@ -291,7 +291,7 @@ def results(
                 print(f"[dry run] {point.name}: prost fit --config {cell_dir / 'point.yaml'}, then prost eval on "
                       f"{', '.join(settings['splits'])}")
             continue
-        print(f"\n=== {point.name} === {progress_line(done, [(p.name, p.system) for p in points[index:]])}", flush=True)
+        print(f"\n=== {point.name} === {progress_line(done, [(p.name, p.system) for p in points[index:] if not only or p.name in only])}", flush=True)
         done.append(run_cell(spec, point, size, cell_dir, settings, wandb, group))
         entry["status"] = "done"
     systems = {p.name: p.system for p in points}
