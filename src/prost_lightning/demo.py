@@ -350,7 +350,7 @@ def demo(
                                  pool_size=pool_size, engine=engine, fit_args=[
                                      "--trainer.precision", precision,
                                      *(["--trainer.limit_train_batches", str(sizing["steps_per_epoch"])]
-                                       if sizing["steps_per_epoch"] else []), *(fit_args or [])])
+                                       if sizing["steps_per_epoch"] else []), *seeded])
         version = Path(improved["rounds"][-1]["run_dir"])
         t = phase("improve", t)
 
