@@ -79,7 +79,7 @@ def _latest_version(train_dir: Path) -> Path:
 
 # Seconds per optimizer step of the demo's fit (batch 4, SmolLM2-135M, LoRA on attention + MLP) on
 # a 2-core AMD EPYC with AVX512-BF16: 893 s for 99 steps with bf16-mixed on the recovery data (its
-# samples carry the mistake and its error as context: longer than the plain oracle's, 5.5 s/step);
+# samples carry the mistake and its error as context: plain oracle data, 745 s for 99 steps = 7.5 s);
 # fp32 measured 1.9x slower there (docs/training-notes.md). Other CPUs differ: the report shows the projection.
 SECONDS_PER_STEP = {"bf16-mixed": 9.0, "32-true": 17.1}
 MIN_STEPS_PER_EPOCH = 10  # below this the fit teaches nothing worth evaluating: the budget gives way
