@@ -290,3 +290,13 @@ def test_results_md_figures_equal_hand_computed_ones_on_known_cells(tmp_path, mo
     assert result["cells"][0]["tgc"] == pytest.approx(100 * 4 / 6)
     assert "C1 (single): ProST − full = +41.7" in markdown
     assert (tmp_path / "results" / "pareto.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_header_names_the_commits_cells_ran_on_when_they_differ_from_the_report():
+    from prost_lightning.results_markdown import _cell_commits
+
+    same = [{"cell": "a_s0", "commit": "abc1234"}, {"cell": "a_s1", "commit": "abc1234"}]
+    assert _cell_commits(same, "abc1234") == ""
+    mixed = [{"cell": "a_s0", "commit": "abc1234"}, {"cell": "a_s1"}, {"cell": "b_s0", "commit": "def5678"}]
+    line = _cell_commits(mixed, "def5678")
+    assert "abc1234: a_s0" in line and "not recorded: a_s1" in line and "def5678: b_s0" in line

@@ -194,9 +194,21 @@ def run_cell(spec: dict[str, Any], point: GridPoint, size: str, folder: Path, se
         "tasks": {split: [t for t in tasks if expected[t] == split] for split in settings["splits"]},
         "fit_s": fit_s, "eval_s": eval_s, "wall_s": round(time.monotonic() - started, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": git_commit(),  # a grid may span sittings and commits: RESULTS.md lists each cell's
     }
     write_atomic(folder / CELL_FILE, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def git_commit() -> str:
+    """The checkout's short HEAD, marked when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head + (" with uncommitted changes" if dirty else "")
 
 
 def progress_line(done: list[dict[str, Any]], remaining: list[tuple[str, str]]) -> str:

@@ -129,6 +129,17 @@ def what_this_shows(result: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _cell_commits(cells: Sequence[Mapping[str, Any]], report_commit: str) -> str:
+    """The commits the cells ran on, when any differs from the one writing the report (a grid that
+    spans sittings): cells of older records carry none."""
+    commits: dict[str, list[str]] = {}
+    for cell in cells:
+        commits.setdefault(cell.get("commit") or "not recorded", []).append(cell["cell"])
+    if set(commits) == {report_commit}:
+        return ""
+    return " (report); cells ran on " + "; ".join(f"{c}: {', '.join(names)}" for c, names in commits.items())
+
+
 def to_markdown(result: Mapping[str, Any], images: str = "results/") -> str:
     head = result["header"]
     cells = result["cells"]
@@ -142,7 +153,7 @@ def to_markdown(result: Mapping[str, Any], images: str = "results/") -> str:
         "Written by `prost results`; do not edit by hand: run the command again (docs/results.md).",
         "",
         f"- **Command**: `{head['command']}` (grid `{head['grid']}`, size `{head['size']}`)",
-        f"- **Commit**: {head['commit']}",
+        f"- **Commit**: {head['commit']}" + _cell_commits(cells, head["commit"]),
         f"- **Machine**: {head['machine']}",
         f"- **Wall time**: {wall / 3600:.2f} h over {len(cells)} cells (fit {fit / 3600:.2f} h, evaluation "
         f"{(wall - fit) / 3600:.2f} h; cells finished {finished[0] if finished else '–'} to {finished[-1] if finished else '–'}); "

@@ -263,7 +263,7 @@ def build_results(cells: Sequence[dict[str, Any]], samples: int = 2000, seed: in
                         "tasks": len(c["episodes"]), "fit_s": c.get("fit_s"), "eval_s": c.get("eval_s"),
                         "wall_s": c.get("wall_s"), "train_steps": c["fit"].get("steps"),
                         "trained_tokens": sum((c["fit"].get("trained_tokens") or {}).values()),
-                        "finished_at": c.get("finished_at")} for c in cells]
+                        "finished_at": c.get("finished_at"), "commit": c.get("commit")} for c in cells]
     result["bootstrap"] = {"samples": samples, "seed": seed}
     return result
 
@@ -289,28 +289,18 @@ def machine() -> str:
             f"(bf16 {'fast: bf16 training and eval' if fast_bf16() else 'emulated: fp32 used'}), no GPU used")
 
 
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return head + (" with uncommitted changes" if dirty else "")
-
-
 def write_results(folders: Sequence[Path], target: Path, *, spec: Mapping[str, Any], size: str, command: str,
                   invocation_s: float, wandb: bool = False, group: str | None = None) -> dict[str, Any]:
     """RESULTS.md at ``target``; pareto.png, subtask_errors.png and results.json in ``<target dir>/results/``."""
     from prost_lightning.pareto_plots import plot_pareto, plot_subtask_errors
-    from prost_lightning.results import eval_settings
+    from prost_lightning.results import eval_settings, git_commit
     from prost_lightning.results_markdown import to_markdown
 
     cells = [load_cell(Path(f)) for f in folders]
     settings = spec.get("bootstrap") or {}
     result = build_results(cells, samples=int(settings.get("samples", 2000)), seed=int(settings.get("seed", 0)),
                            x_axis=(spec.get("report") or {}).get("x_axis", "flops"), title=f"{spec['name']} ({size})")
-    result["header"] = {"command": command, "commit": commit(), "machine": machine(), "size": size,
+    result["header"] = {"command": command, "commit": git_commit(), "machine": machine(), "size": size,
                         "grid": spec.get("_path"), "written_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "invocation_s": round(invocation_s, 1), "eval": eval_settings(spec, size),
                         "overrides": spec["sizes"][size].get("overrides")}
