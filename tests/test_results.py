@@ -221,6 +221,9 @@ def test_tiny_grid_end_to_end_then_resumes_and_its_results_match_the_cells(mini_
     assert cell_finished(torn, str(mini_world_root), settings) is None
     plan = results(**kwargs, dry_run=True)
     assert [c["status"] for c in plan["cells"]] == ["finished earlier"] * 3 + ["planned"]
+    assert json.loads((torn.parent / "single_full_s0" / CELL_FILE).read_text())["commit"]  # provenance per cell
+    results(**kwargs, report_only=True)  # a partial grid's report says which cells it lacks
+    assert "**Unfinished grid**: 3 of 4 cells; not run yet: single_full_s1." in target.read_text()
 
 
 def _hand_made_cell(folder: Path, config: str, schedule: str, seed: int, solved: set[str], tasks: dict) -> None:

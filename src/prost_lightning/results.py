@@ -318,7 +318,7 @@ def results(
     command = "prost results " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["results"] else f"prost results --size {size}"
     write_results([Path(c["folder"]) for c in cells if c["status"] not in ("missing", "planned")], target,
                   spec=spec, size=size, command=command, invocation_s=time.monotonic() - started,
-                  wandb=wandb, group=group)
+                  wandb=wandb, group=group, unfinished=[c["name"] for c in cells if c["status"] in ("missing", "planned")])
     return {"cells": cells, "results_md": str(target)}
 
 

@@ -167,6 +167,9 @@ def to_markdown(result: Mapping[str, Any], images: str = "results/") -> str:
         f"- **Statistics**: mean over seeds; [95 % interval]: percentile bootstrap ({result['bootstrap']['samples']} "
         f"resamples, seed {result['bootstrap']['seed']}) over seeds and tasks (scenarios for SGC) jointly; "
         "differences are paired by seed and task. Figures in percent (points for differences).",
+        *([f"- **Unfinished grid**: {len(cells)} of {len(cells) + len(head['unfinished'])} cells; not run yet: "
+           f"{', '.join(head['unfinished'])}. `prost results` runs them (finished cells are kept); until then "
+           "every figure below covers the finished cells only."] if head.get("unfinished") else []),
         "",
         "Claims tested (the paper's, as we read them):",
         "",

@@ -290,8 +290,10 @@ def machine() -> str:
 
 
 def write_results(folders: Sequence[Path], target: Path, *, spec: Mapping[str, Any], size: str, command: str,
-                  invocation_s: float, wandb: bool = False, group: str | None = None) -> dict[str, Any]:
-    """RESULTS.md at ``target``; pareto.png, subtask_errors.png and results.json in ``<target dir>/results/``."""
+                  invocation_s: float, wandb: bool = False, group: str | None = None,
+                  unfinished: Sequence[str] = ()) -> dict[str, Any]:
+    """RESULTS.md at ``target``; pareto.png, subtask_errors.png and results.json in ``<target dir>/results/``.
+    ``unfinished``: the grid's cells not run yet (a grid spanning sittings): the header names them."""
     from prost_lightning.pareto_plots import plot_pareto, plot_subtask_errors
     from prost_lightning.results import eval_settings, git_commit
     from prost_lightning.results_markdown import to_markdown
@@ -303,7 +305,7 @@ def write_results(folders: Sequence[Path], target: Path, *, spec: Mapping[str, A
     result["header"] = {"command": command, "commit": git_commit(), "machine": machine(), "size": size,
                         "grid": spec.get("_path"), "written_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                         "invocation_s": round(invocation_s, 1), "eval": eval_settings(spec, size),
-                        "overrides": spec["sizes"][size].get("overrides")}
+                        "overrides": spec["sizes"][size].get("overrides"), "unfinished": list(unfinished)}
     folder = target.parent / "results"
     write_atomic(folder / "pareto.png", plot_pareto(result))
     write_atomic(folder / "subtask_errors.png", plot_subtask_errors(result))
