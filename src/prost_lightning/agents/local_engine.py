@@ -41,6 +41,7 @@ import torch
 
 from prost_lightning.backbone import base_parameter_count
 
+from .gqa_attention import installed as grouped_attention
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import stop_token_ids
 from .kv_slots import SlotCache
@@ -205,13 +206,15 @@ class LocalEngine(StreamingPolicy):
     # -- one step -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _inference(self):
-        """No gradients, no dropout, every LoRA layer routed per row; the model's own state after."""
+        """No gradients, no dropout, every LoRA layer routed per row, grouped-query attention without
+        copies of the cache; the model's own state after."""
         previous = getattr(self.model, "active_adapter", None) if self.mixed else None
         was_training = self.model.training
         if was_training:
             self.model.eval()
         try:
-            with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()):
+            with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()), \
+                    grouped_attention(self._base):
                 yield
         finally:
             if was_training:
