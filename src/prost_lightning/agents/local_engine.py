@@ -18,7 +18,8 @@ batching: ``run_episodes`` sends a finished reply to its environment call while 
 keep decoding). Each row goes through its own adapter in the same forward pass
 (:mod:`~prost_lightning.agents.grouped_lora`; PEFT's ``adapter_names`` when a model has LoRA
 layers that module does not cover). The batch cache is preallocated and written in place
-(:mod:`~prost_lightning.agents.kv_slots`). Code turns stop at the close of their first code block;
+(:mod:`~prost_lightning.agents.kv_slots`), and steps of several tokens attend on its key/value heads
+as they are (:mod:`~prost_lightning.agents.gqa_attention`). Code turns stop at the close of their first code block;
 other turns at their end-of-turn token or token limit. Memory is bounded: caches of released
 episodes are dropped and the least recently used entries are evicted past ``cache_tokens``.
 
