@@ -106,12 +106,36 @@ def test_drafts_checked_in_the_decode_pass_keep_plain_generate_replies(tiny_team
     m = tiny_team
     requests = _requests(3, limits=(12, 20, 7))
     engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, draft_tokens=4, step_tokens=64)
+    assert m.model.get_base_model().config._attn_implementation == "sdpa"  # draft steps fold query groups
     fast = engine.generate(requests)
     plain = _plain(m, requests)
     assert [g.text for g in fast] == [g.text for g in plain]
     assert [g.completion_tokens for g in fast] == [g.completion_tokens for g in plain]
     assert engine.stats.draft_tokens > 0  # the chats repeat themselves: drafts were found and checked
     assert engine.stats.forward_passes < len(requests) + sum(g.completion_tokens for g in fast)
+
+
+@pytest.mark.parametrize("rows, length", [(3, 4), (1, 7), (2, 1)])
+def test_grouped_attention_attends_like_transformers_repeated_heads(rows, length):
+    """The fold of query groups gives transformers' sdpa result, per row its own mask (ragged lengths)."""
+    import types
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from prost_lightning.agents.gqa_attention import grouped_sdpa
+
+    torch.manual_seed(0)
+    module = types.SimpleNamespace(num_key_value_groups=3, is_causal=True)
+    query = torch.randn(rows, 6, length, 8)
+    cache = torch.randn(2, rows + 1, 2, 30, 8)  # a preallocated cache: attention reads a strided view
+    key, value = cache[0, :rows, :, :20], cache[1, :rows, :, :20]
+    held = torch.tensor([12, 15, 9][:rows])  # tokens each row holds before this step
+    positions = held[:, None] + torch.arange(length)[None, :]
+    mask = (torch.arange(20)[None, None, :] <= positions[:, :, None])[:, None]
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    got, _ = grouped_sdpa(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == expected.shape == (rows, length, 6, 8)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_base_model_rows_and_the_callers_state(tiny_team):
@@ -121,9 +145,11 @@ def test_base_model_rows_and_the_callers_state(tiny_team):
     requests = _requests(1)
     m.model.train()
     m.model.set_adapter("executor")
+    attention = m.model.get_base_model().config._attn_implementation
     try:
         fast = engine.generate(requests)
         assert m.model.training and m.model.active_adapter == "executor"
+        assert m.model.get_base_model().config._attn_implementation == attention  # training attends as before
     finally:
         m.model.eval()
     with m.model.disable_adapter():

@@ -18,7 +18,8 @@ batching: ``run_episodes`` sends a finished reply to its environment call while 
 keep decoding). Each row goes through its own adapter in the same forward pass
 (:mod:`~prost_lightning.agents.grouped_lora`; PEFT's ``adapter_names`` when a model has LoRA
 layers that module does not cover). The batch cache is preallocated and written in place
-(:mod:`~prost_lightning.agents.kv_slots`). Code turns stop at the close of their first code block;
+(:mod:`~prost_lightning.agents.kv_slots`), and steps of several tokens attend on its key/value heads
+as they are (:mod:`~prost_lightning.agents.gqa_attention`). Code turns stop at the close of their first code block;
 other turns at their end-of-turn token or token limit. Memory is bounded: caches of released
 episodes are dropped and the least recently used entries are evicted past ``cache_tokens``.
 
@@ -41,6 +42,7 @@ import torch
 
 from prost_lightning.backbone import base_parameter_count
 
+from .gqa_attention import installed as grouped_attention
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import stop_token_ids
 from .kv_slots import SlotCache
@@ -205,13 +207,15 @@ class LocalEngine(StreamingPolicy):
     # -- one step -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _inference(self):
-        """No gradients, no dropout, every LoRA layer routed per row; the model's own state after."""
+        """No gradients, no dropout, every LoRA layer routed per row, grouped-query attention without
+        copies of the cache; the model's own state after."""
         previous = getattr(self.model, "active_adapter", None) if self.mixed else None
         was_training = self.model.training
         if was_training:
             self.model.eval()
         try:
-            with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()):
+            with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()), \
+                    grouped_attention(self._base):
                 yield
         finally:
             if was_training:
