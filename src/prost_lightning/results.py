@@ -180,6 +180,7 @@ def run_cell(spec: dict[str, Any], point: GridPoint, size: str, folder: Path, se
     shutil.rmtree(folder, ignore_errors=True)  # whatever a killed attempt left is redone, not trusted
     root = str(spec.get("root") or "worlds/mini")
     started = time.monotonic()
+    commit = git_commit()  # the code the fit and the eval below start from
     point_yaml = folder / "point.yaml"
     write_point_yaml(point_yaml, cell_config(spec, point, size, folder, wandb, group))
     fit_s = _run(fit_command(point_yaml), f"{point.name}: prost fit")
@@ -194,7 +195,7 @@ def run_cell(spec: dict[str, Any], point: GridPoint, size: str, folder: Path, se
         "tasks": {split: [t for t in tasks if expected[t] == split] for split in settings["splits"]},
         "fit_s": fit_s, "eval_s": eval_s, "wall_s": round(time.monotonic() - started, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": git_commit(),  # a grid may span sittings and commits: RESULTS.md lists each cell's
+        "commit": commit,  # a grid may span sittings and commits: RESULTS.md lists each cell's
     }
     write_atomic(folder / CELL_FILE, json.dumps(record, indent=2) + "\n")
     return record
@@ -284,9 +285,10 @@ def results(
     if not dry_run and not report_only:
         _collect(spec, [p for p in points if not only or p.name in only])
     cells, done = [], []
+    records = {p.name: cell_finished(folder / p.name, root, settings) if Path(root).is_dir() else None for p in points}
     for index, point in enumerate(points):
         cell_dir = folder / point.name
-        record = cell_finished(cell_dir, root, settings) if Path(root).is_dir() else None
+        record = records[point.name]
         entry = {"name": point.name, "folder": str(cell_dir)}
         cells.append(entry)
         if only and point.name not in only and not record:
@@ -303,7 +305,9 @@ def results(
                 print(f"[dry run] {point.name}: prost fit --config {cell_dir / 'point.yaml'}, then prost eval on "
                       f"{', '.join(settings['splits'])}")
             continue
-        print(f"\n=== {point.name} === {progress_line(done, [(p.name, p.system) for p in points[index:] if not only or p.name in only])}", flush=True)
+        finished = done + [records[p.name] for p in points[index:] if records[p.name]]
+        remaining = [(p.name, p.system) for p in points[index:] if (not only or p.name in only) and not records[p.name]]
+        print(f"\n=== {point.name} === {progress_line(finished, remaining)}", flush=True)
         done.append(run_cell(spec, point, size, cell_dir, settings, wandb, group))
         entry["status"] = "done"
     systems = {p.name: p.system for p in points}
