@@ -17,7 +17,7 @@ from prost_lightning.bench.results_markdown import load, render_markdown
 from prost_lightning.errors import ConfigError
 
 # figures that may legitimately be zero or negative (a difference, a share)
-_SIGNED = ("http_overhead_",)  # differences of two timings: noise can make them negative
+_SIGNED = ("http_overhead_", "max_difference_")  # timing differences (noise), output differences (0 when equal)
 # untrained teams may solve nothing; one short episode may offer no draft; bf16 may round to other replies
 _MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc", "hf_bf16_tgc", "hf_draft_acceptance",
                 "hf_bf16_draft_acceptance", "identical_episodes_hf_bf16")
@@ -110,6 +110,12 @@ def test_rollout_engines_quick(tmp_path, mini_world_root):
     assert result["targets"][0]["figure"] in ("speedup_hf_vs_hf_generate", "speedup_hf_bf16_vs_hf_generate")
 
 
+def test_attention_quick(tmp_path):
+    figures = _run_quick(tmp_path, "attention")["figures"]
+    assert figures["max_difference_8x5"]["value"] < 0.05  # the fold attends like transformers' copy
+    assert figures["grouped_ms_8x5"]["value"] > 0 and figures["transformers_ms_8x5"]["value"] > 0
+
+
 def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark"):
         run(quick=True, only=["nope"], out=str(tmp_path))
@@ -122,4 +128,4 @@ def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     assert data["suites"]["cuda"]["machine"]["gpu"] == "X"
     assert "## Suite: cuda" in render_markdown(data, out / "results.json")
     assert set(BENCHMARKS) == {"train_throughput", "curriculum_cost", "rollouts", "generation", "rollout_engines",
-                               "memory"}
+                               "attention", "memory"}

@@ -303,3 +303,39 @@ def test_the_header_names_the_commits_cells_ran_on_when_they_differ_from_the_rep
     mixed = [{"cell": "a_s0", "commit": "abc1234"}, {"cell": "a_s1"}, {"cell": "b_s0", "commit": "def5678"}]
     line = _cell_commits(mixed, "def5678")
     assert "abc1234: a_s0" in line and "not recorded: a_s1" in line and "def5678: b_s0" in line
+
+
+def test_the_committed_results_md_parses_and_agrees_with_its_results_json():
+    """RESULTS.md at the root is the command's output: its tables parse and equal results/results.json."""
+    markdown_path, json_path = ROOT / "RESULTS.md", ROOT / "results" / "results.json"
+    if not markdown_path.is_file():
+        pytest.skip("no committed RESULTS.md yet")
+    markdown = markdown_path.read_text()
+    result = json.loads(json_path.read_text())
+    assert "Written by `prost results`" in markdown and f"**Commit**: {result['header']['commit']}" in markdown
+    tgc = {row["configuration"]: row for row in _table(markdown, "Task goal completion")}
+    assert set(tgc) == {run["name"] for run in result["runs"]}
+    for run in result["runs"]:
+        assert _value(tgc[run["name"]]["overall"]) == pytest.approx(run["goal"]["tgc"]["all"]["value"], abs=0.051)
+        assert int(tgc[run["name"]]["seeds"]) == len(run["seeds"])
+    cells = {row["cell"]: row for row in _table(markdown, "Cells")}
+    assert set(cells) == {c["cell"] for c in result["cells"]}
+    for cell in result["cells"]:
+        assert _value(cells[cell["cell"]]["TGC"]) == pytest.approx(cell["tgc"], abs=0.051)
+    assert (ROOT / "results" / "pareto.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_wandb_results_sweep_runs_every_cell_of_the_grid_once(spec, tmp_path):
+    """Its `only` values are the cpu grid's cells, and what an agent runs parses as `prost results`."""
+    import subprocess
+    import sys
+
+    sweep = yaml.safe_load((ROOT / "experiments" / "wandb_results_sweep.yaml").read_text())
+    assert sweep["method"] == "grid" and sweep["command"][-1] == "${args}" and "results" in sweep["command"]
+    cells = [yaml.safe_load(v)[0] for v in sweep["parameters"]["only"]["values"]]
+    assert sorted(cells) == sorted(p.name for p in expand_grid(spec, "cpu", False))
+    args = [a for a in sweep["command"][2:-1]] + [f"--only={sweep['parameters']['only']['values'][0]}"]
+    out = subprocess.run([sys.executable, "-m", "prost_lightning.cli", *args, "--dry_run", "true",
+                          "--out", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert f"[dry run] {cells[0]}:" in out.stdout

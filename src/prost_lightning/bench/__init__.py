@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "rollouts": "prost_lightning.bench.rollouts",
     "generation": "prost_lightning.bench.generation",
     "rollout_engines": "prost_lightning.bench.rollout_engines",
+    "attention": "prost_lightning.bench.attention",
     "memory": "prost_lightning.bench.memory",
 }
 
