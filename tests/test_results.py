@@ -86,6 +86,10 @@ def test_what_this_shows_never_claims_a_difference_the_interval_does_not_show():
     assert "contradicted" in "\n".join(what_this_shows(result))
     zero = {**result, "runs": [{**r, "tgc": 0.0} for r in runs]}
     assert "none of the claims is supported" in "\n".join(what_this_shows(zero))
+    zero["subtask_error_rates"] = {"single · progressive": {"1": 0.2, "2": 0.6}, "single · full": {"3": 0.5}}
+    text = "\n".join(what_this_shows(zero))
+    assert "single · progressive inside sub-task 2 (60.0 % of its episodes); single · full inside sub-task 3" in text
+    assert "not that one schedule is better" in text
 
 
 # -- the grid, its file and resuming --------------------------------------------------------------

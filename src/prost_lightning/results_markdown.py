@@ -91,13 +91,25 @@ def cells_table(result: Mapping[str, Any]) -> list[str]:
     return _table(header, lines)
 
 
+def where_episodes_fail(result: Mapping[str, Any]) -> list[str]:
+    """Where each system · schedule's episodes most often failed: when nothing is solved, the one
+    figure that still differs between schedules (a description, not a claim)."""
+    peaks = [f"{group} inside sub-task {k} ({100 * rate:.1f} % of its episodes)"
+             for group, rates in (result.get("subtask_error_rates") or {}).items() if rates
+             for k, rate in [max(rates.items(), key=lambda item: item[1])]]
+    if not peaks:
+        return []
+    return [f"- Where the episodes failed most often: {'; '.join(peaks)} (sub-task error table). With every "
+            "episode failing, this says where each team stops, not that one schedule is better."]
+
+
 def what_this_shows(result: Mapping[str, Any]) -> list[str]:
     """Sober sentences, one per comparison, from the intervals (rules in ``reading``)."""
     rows = result["runs"]
     out = []
     if all(r["tgc"] == 0 for r in rows):
         return ["- No configuration solved any evaluated task (TGC 0 in every cell). This run cannot tell "
-                "the schedules or systems apart: none of the claims is supported by it."]
+                "the schedules or systems apart: none of the claims is supported by it.", *where_episodes_fail(result)]
     seeds = min(len(r["seeds"]) for r in rows)
     for c in result["comparisons"]:
         d, verdict = c["tgc"]["all"], reading(c["tgc"]["all"])
