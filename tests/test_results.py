@@ -306,7 +306,7 @@ def test_the_header_names_the_commits_cells_ran_on_when_they_differ_from_the_rep
     assert _cell_commits(same, "abc1234") == ""
     mixed = [{"cell": "a_s0", "commit": "abc1234"}, {"cell": "a_s1"}, {"cell": "b_s0", "commit": "def5678"}]
     line = _cell_commits(mixed, "def5678")
-    assert "abc1234: a_s0" in line and "not recorded: a_s1" in line and "def5678: b_s0" in line
+    assert "abc1234 (a_s0)" in line and "an unrecorded commit (a_s1)" in line and "def5678 (b_s0)" in line
 
 
 def test_the_committed_results_md_parses_and_agrees_with_its_results_json():

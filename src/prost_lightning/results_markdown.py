@@ -146,10 +146,10 @@ def _cell_commits(cells: Sequence[Mapping[str, Any]], report_commit: str) -> str
     spans sittings): cells of older records carry none."""
     commits: dict[str, list[str]] = {}
     for cell in cells:
-        commits.setdefault(cell.get("commit") or "not recorded", []).append(cell["cell"])
+        commits.setdefault(cell.get("commit") or "an unrecorded commit", []).append(cell["cell"])
     if set(commits) == {report_commit}:
         return ""
-    return " (report); cells ran on " + "; ".join(f"{c}: {', '.join(names)}" for c, names in commits.items())
+    return " (this report); the cells ran on " + "; ".join(f"{c} ({', '.join(names)})" for c, names in commits.items())
 
 
 def to_markdown(result: Mapping[str, Any], images: str = "results/") -> str:
