@@ -137,7 +137,9 @@ def what_this_shows(result: Mapping[str, Any]) -> list[str]:
                + ("A planner/executor configuration is on it." if teams else "No planner/executor configuration is on it.")
                + " The front uses point estimates; differences inside the intervals above do not make a point dominant.")
     if seeds < 3:
-        out.append(f"- Only {seeds} seed(s) per configuration: the intervals understate the variation between training runs.")
+        few = [r["name"] for r in rows if len(r["seeds"]) == seeds]
+        out.append(f"- Only {seeds} seed(s) for {', '.join(few)}: intervals involving "
+                   f"{'it' if len(few) == 1 else 'them'} understate the variation between training runs.")
     return out
 
 
