@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import zlib
 from collections.abc import Mapping, Sequence

@@ -46,10 +46,10 @@ def run(ctx: Context) -> dict:
         positions = torch.arange(cached, width, device=device)
         mask = (torch.arange(width, device=device)[None, :] <= positions[:, None]).expand(rows, tokens, width)[:, None]
 
-        def copied():
+        def copied(query=query, key=key, value=value, mask=mask):
             return sdpa_attention_forward(module, query, key, value, mask, scaling=HEAD_DIM ** -0.5)[0]
 
-        def folded():
+        def folded(query=query, key=key, value=value, mask=mask):
             return grouped_sdpa(module, query, key, value, mask, scaling=HEAD_DIM ** -0.5)[0]
 
         difference = (copied().float() - folded().float()).abs().max().item()
