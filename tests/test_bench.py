@@ -20,7 +20,7 @@ from prost_lightning.errors import ConfigError
 _SIGNED = ("http_overhead_", "max_difference_")  # timing differences (noise), output differences (0 when equal)
 # untrained teams may solve nothing; one short episode may offer no draft; bf16 may round to other replies
 _MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc", "hf_bf16_tgc", "hf_draft_acceptance",
-                "hf_bf16_draft_acceptance", "identical_episodes_hf_bf16")
+                "hf_bf16_draft_acceptance", "identical_episodes_hf_bf16", "transformers_attention_same_replies")
 
 
 def _check_result(result: dict, name: str) -> None:
@@ -116,6 +116,18 @@ def test_attention_quick(tmp_path):
     assert figures["grouped_ms_8x5"]["value"] > 0 and figures["transformers_ms_8x5"]["value"] > 0
 
 
+def test_engine_passes_quick(tmp_path):
+    figures = _run_quick(tmp_path, "engine_passes")["figures"]
+    # zero-initialised adapters: merged weights, stacks and the base model pick the same tokens
+    assert figures["unmerged_same_replies"]["value"] == 1.0
+    assert figures["no_drafts_same_replies"]["value"] == 1.0
+    # the fixed work: 4 requests x 8 tokens; without drafts one token per row and pass
+    assert figures["no_drafts_generated_tokens_per_s"]["value"] * figures["no_drafts_seconds"]["value"] == \
+        pytest.approx(32, rel=1e-3)
+    assert figures["no_drafts_forward_passes"]["value"] >= 4 + 7
+    assert figures["engine_forward_passes"]["value"] <= figures["no_drafts_forward_passes"]["value"]
+
+
 def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     with pytest.raises(ConfigError, match="unknown benchmark"):
         run(quick=True, only=["nope"], out=str(tmp_path))
@@ -128,4 +140,4 @@ def test_only_rejects_unknown_names_and_results_merge(tmp_path):
     assert data["suites"]["cuda"]["machine"]["gpu"] == "X"
     assert "## Suite: cuda" in render_markdown(data, out / "results.json")
     assert set(BENCHMARKS) == {"train_throughput", "curriculum_cost", "rollouts", "generation", "rollout_engines",
-                               "attention", "memory"}
+                               "engine_passes", "attention", "memory"}

@@ -115,6 +115,55 @@ def test_drafts_checked_in_the_decode_pass_keep_plain_generate_replies(tiny_team
     assert engine.stats.forward_passes < len(requests) + sum(g.completion_tokens for g in fast)
 
 
+def test_layers_compute_each_rows_adapter_on_merged_and_stacked_weights(tiny_team):
+    """One adapter for every row: its merged weights; mixed rows: the stacks; both give PEFT's logits,
+    and new adapter weights (training between rollouts) are merged again before the next pass."""
+    from prost_lightning.agents.grouped_lora import BASE_ADAPTER, GroupedLoRA
+
+    m = tiny_team
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41], [7, 7, 12, 30, 1, 3]])
+    grouped = GroupedLoRA(m.model)
+    assert grouped.merging and grouped.merged_bytes() > 0
+
+    def peft(adapters):
+        return m.model(input_ids=ids, adapter_names=adapters).logits
+
+    def ours(adapters):
+        grouped.route(adapters)
+        with grouped.installed():
+            return m.model.get_base_model()(input_ids=ids).logits
+
+    with torch.no_grad():
+        for adapters in (["planner", "planner"], ["executor", "executor"], [BASE_ADAPTER] * 2,
+                         ["planner", "executor"], ["executor", BASE_ADAPTER]):
+            assert torch.allclose(ours(adapters), peft(adapters), atol=1e-4), adapters
+            shared = adapters[0] if len(set(adapters)) == 1 else None
+            assert grouped._shared[0] == shared and bool(grouped._routes) == (shared is None)  # the path taken
+        lora_b = next(p for n, p in m.model.named_parameters() if "lora_B.executor" in n)
+        before = ours(["executor", "executor"])
+        saved = lora_b.clone()
+        try:
+            lora_b.mul_(3.0)
+            after = ours(["executor", "executor"])
+            assert not torch.allclose(after, before, atol=1e-3)
+            assert torch.allclose(after, peft(["executor", "executor"]), atol=1e-4)
+        finally:
+            lora_b.copy_(saved)
+
+
+def test_single_adapter_steps_run_on_merged_weights_with_plain_generate_replies(tiny_team):
+    m = tiny_team
+    requests = [r for r in _requests(2, limits=(12, 20)) if r.role == "executor"]  # every step one adapter
+    engines = {merged: LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, merged_adapters=merged)
+               for merged in (True, False)}
+    replies = {merged: engine.generate(requests) for merged, engine in engines.items()}
+    assert engines[True]._lora.merging and engines[True]._lora._merged
+    assert not engines[False]._lora.merging and not engines[False]._lora._merged
+    plain = _plain(m, requests)
+    for merged in (True, False):
+        assert [g.text for g in replies[merged]] == [g.text for g in plain]
+
+
 @pytest.mark.parametrize("rows, length", [(3, 4), (1, 7), (2, 1)])
 def test_grouped_attention_attends_like_transformers_repeated_heads(rows, length):
     """The fold of query groups gives transformers' sdpa result, per row its own mask (ragged lengths)."""

@@ -17,7 +17,8 @@ A finished row leaves at once and a new one can take its place on the next step 
 batching: ``run_episodes`` sends a finished reply to its environment call while the other rows
 keep decoding). Each row goes through its own adapter in the same forward pass
 (:mod:`~prost_lightning.agents.grouped_lora`; PEFT's ``adapter_names`` when a model has LoRA
-layers that module does not cover). The batch cache is preallocated and written in place
+layers that module does not cover); a step whose rows share one adapter runs on its merged
+weights. The batch cache is preallocated and written in place
 (:mod:`~prost_lightning.agents.kv_slots`), and steps of several tokens attend on its key/value heads
 as they are (:mod:`~prost_lightning.agents.gqa_attention`). Code turns stop at the close of their first code block;
 other turns at their end-of-turn token or token limit. Memory is bounded: caches of released
@@ -113,7 +114,8 @@ class LocalEngine(StreamingPolicy):
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
                  cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
-                 draft_tokens: int = 4, step_tokens: int = 16):
+                 draft_tokens: int = 4, step_tokens: int = 16, merged_adapters: bool = True,
+                 fold_query_groups: bool = True):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -129,6 +131,10 @@ class LocalEngine(StreamingPolicy):
                 1.99x vs 1.71x over plain generate with none, docs/rollouts.md); 0: none.
             step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
                 near free for a few rows, not for a full batch.
+            merged_adapters: a step whose rows share one adapter runs on that adapter's merged
+                weights (one copy of the adapted weights per role in memory; see grouped_lora).
+            fold_query_groups: steps of several tokens per row attend on the cache's key/value heads
+                as they are (gqa_attention); False: transformers' attention, which copies them.
         """
         self.model = model
         self.tokenizer = tokenizer
@@ -140,6 +146,7 @@ class LocalEngine(StreamingPolicy):
         self.cache_tokens = cache_tokens
         self.draft_tokens = 0 if do_sample else max(0, draft_tokens)
         self.step_tokens = step_tokens
+        self.fold_query_groups = fold_query_groups
         self.num_parameters = num_parameters or base_parameter_count(model)
         self.stop_ids = set(stop_token_ids(tokenizer))
         self.mixed = hasattr(model, "peft_config")
@@ -150,7 +157,7 @@ class LocalEngine(StreamingPolicy):
         self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5 renamed the cache argument; older releases only know past_key_values
         self._cache_arg = "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
-        self._lora = GroupedLoRA(model) if self.mixed and GroupedLoRA.supports(model) else None
+        self._lora = GroupedLoRA(model, merge=merged_adapters) if self.mixed and GroupedLoRA.supports(model) else None
         self._slots = _slot_cache(self._base)
         self._rows: list[_Row] = []  # the running batch, in slot order
         self._waiting: deque[_Row] = deque()
@@ -215,7 +222,7 @@ class LocalEngine(StreamingPolicy):
             self.model.eval()
         try:
             with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()), \
-                    grouped_attention(self._base):
+                    (grouped_attention(self._base) if self.fold_query_groups else contextlib.nullcontext()):
                 yield
         finally:
             if was_training:

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, str] = {
     "rollouts": "prost_lightning.bench.rollouts",
     "generation": "prost_lightning.bench.generation",
     "rollout_engines": "prost_lightning.bench.rollout_engines",
+    "engine_passes": "prost_lightning.bench.engine_passes",
     "attention": "prost_lightning.bench.attention",
     "memory": "prost_lightning.bench.memory",
 }
@@ -68,7 +69,7 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
     Args:
         quick: small settings (tiny model, a few steps): seconds per benchmark; a smoke test, not figures to quote.
         only: run only these benchmarks, one name or a comma-separated list (train_throughput,
-            curriculum_cost, rollouts, generation, rollout_engines,
+            curriculum_cost, rollouts, generation, rollout_engines, engine_passes, attention,
             memory); default all.
         out: folder for results.json.
         report: the Markdown report to (re)write from results.json; empty string to skip.
