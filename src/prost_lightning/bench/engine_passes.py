@@ -2,11 +2,13 @@
 
 ``rollout_engines`` plays episodes, and in bf16 their length changes from run to run (a near-tie
 rounded another way writes another episode), so its times mix the engine's speed with the work
-done. Here the work is fixed: one request per conversation of oracle trajectories of train tasks
-(both roles of the planner/executor team; the prompt is the conversation before its last reply),
-each decoded for exactly ``NEW_TOKENS`` tokens (end-of-turn tokens and code-block stops ignored),
-all in one engine call. The adapters are zero-initialised, so every variant picks the same tokens;
-the variants differ only in how a pass is computed:
+done. Here the work is fixed. Two workloads from oracle trajectories of train tasks: ``team``
+(the planner/executor team's turns, both roles) and ``single`` (the single agent's turns). A
+request is the conversation before one reply, decoded for exactly as many tokens as that reply has
+(4 to 96; end-of-turn tokens and code-block stops ignored), ``REQUESTS`` requests per workload in one
+engine call of ``BATCH`` rows (the evaluation's batch), so rows finish at different steps and a
+run ends in a tail of few rows, as episodes do. The adapters are zero-initialised, so every variant
+picks the same tokens; the variants differ only in how a pass is computed:
 
 - ``engine``: the local engine as shipped (merged weights for steps whose rows share one adapter,
   stacked adapters for mixed steps, query groups folded in multi-token steps, drafts);
@@ -15,10 +17,11 @@ the variants differ only in how a pass is computed:
   cache's key/value heads (what the fold saves);
 - ``no_drafts``: one token per row and step (what drafts save, in passes and in time).
 
-The variants run in turns, twice, and each keeps its faster round. Reported per variant: seconds,
-forward passes, ms per pass, generated tokens/s, the ratio of its time to the engine's, and whether
-its replies equal the engine's. No target: this explains ``rollout_engines``, whose episodes are
-the measure. The dtype is the one rollouts use on this machine (bf16 with AVX512-BF16 or AMX).
+The variants run in turns, ``ROUNDS`` times, and each keeps its fastest round. Reported per workload
+and variant: seconds, forward passes, ms per pass, generated tokens/s, the ratio of its time to the
+engine's, and whether its replies equal the engine's. No target: this explains ``rollout_engines``,
+whose episodes are the measure. The dtype is the one rollouts use on this machine (bf16 with
+AVX512-BF16 or AMX).
 """
 
 from __future__ import annotations
@@ -31,37 +34,43 @@ from prost_lightning.backbone import fast_bf16
 from prost_lightning.bench.common import Context, Recorder
 from prost_lightning.bench.trajectories import fixture_file, oracle_files
 
-ROLES = ("planner", "executor")
+WORKLOADS = {"team": "planner_executor", "single": "single"}  # workload -> the trajectories' system
 VARIANTS = {  # name -> LocalEngine arguments
     "engine": {},
     "unmerged": {"merged_adapters": False},
     "transformers_attention": {"fold_query_groups": False},
     "no_drafts": {"draft_tokens": 0},
 }
-REQUESTS, NEW_TOKENS, ROUNDS = 32, 48, 2
+REQUESTS, BATCH, ROUNDS = 24, 8, 2
+MIN_TOKENS, MAX_TOKENS = 4, 96  # a request decodes its reply's length, within these
 
 
-def fixed_requests(paths, count: int, new_tokens: int) -> list:
-    """The prompt before the last reply of each team conversation, up to ``count`` requests."""
+def fixed_requests(paths, system: str, count: int, tokenizer) -> list:
+    """``count`` requests spread over every reply of ``system``'s conversations: the conversation
+    before the reply, decoding as many tokens as the reply has."""
     from prost_lightning.agents.policy import GenerationRequest
     from prost_lightning.trajectory import read_trajectories
 
     requests = []
     for path in paths:
         for trajectory in read_trajectories(path):
-            if trajectory.system != "planner_executor":
+            if trajectory.system != system:
                 continue
             for conversation in trajectory.conversations:
-                replies = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
-                if conversation.role not in ROLES or not replies:
-                    continue
-                messages = [{"role": m.role, "content": m.content} for m in conversation.messages[:replies[-1]]]
-                requests.append(GenerationRequest(role=conversation.role, messages=messages,
-                                                  max_new_tokens=new_tokens, stop_after_code=False))
-    return requests[:count]
+                messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
+                for i, message in enumerate(messages):
+                    if message["role"] != "assistant":
+                        continue
+                    length = len(tokenizer(message["content"], add_special_tokens=False)["input_ids"]) + 1
+                    requests.append(GenerationRequest(role=conversation.role, messages=messages[:i],
+                                                      max_new_tokens=min(max(length, MIN_TOKENS), MAX_TOKENS),
+                                                      stop_after_code=False))
+    step = max(1, len(requests) // count)
+    return requests[::step][:count]
 
 
 def run(ctx: Context) -> dict:
+    from prost_lightning.agents import system_roles
     from prost_lightning.agents.evaluate import load_trained
     from prost_lightning.agents.local_engine import LocalEngine
     from prost_lightning.model import RoleLoRAModule
@@ -71,37 +80,43 @@ def run(ctx: Context) -> dict:
     origin = "mini-world oracle trajectories (train split)"
     if sources is None:
         sources, origin = [fixture_file()], "tests/fixtures/trajectories.jsonl"
-    count, new_tokens, rounds = (4, 8, 1) if ctx.quick else (REQUESTS, NEW_TOKENS, ROUNDS)
-    requests = fixed_requests(sources, count, new_tokens)
+    count, rounds = (4, 1) if ctx.quick else (REQUESTS, ROUNDS)
+    roles = [role for system in WORKLOADS.values() for role in system_roles(system)]
     # quick runs check that the variants agree: in fp32, where no rounding of bf16 can tell them apart
     dtype = "bfloat16" if ctx.device == "cuda" or (fast_bf16() and not ctx.quick) else "float32"
     with tempfile.TemporaryDirectory(prefix="prost-bench-adapters-") as tmp:
-        RoleLoRAModule(base_model=ctx.real_model, roles=list(ROLES)).export_adapters(str(Path(tmp) / "adapters"))
-        model, tokenizer, adapter_for, params = load_trained(list(ROLES), adapters=str(Path(tmp) / "adapters"),
+        RoleLoRAModule(base_model=ctx.real_model, roles=roles).export_adapters(str(Path(tmp) / "adapters"))
+        model, tokenizer, adapter_for, params = load_trained(roles, adapters=str(Path(tmp) / "adapters"),
                                                              base_model=ctx.real_model, dtype=dtype)
     if ctx.device == "cuda":
         model = model.to("cuda")
-    rec.settings = {"model": ctx.real_model, "dtype": dtype, "requests": len(requests),
-                    "roles": dict(Counter(r.role for r in requests)),
-                    "new_tokens_per_request": new_tokens, "prompts": origin, "rounds": rounds,
-                    "adapters": "zero-initialised LoRA (every variant picks the same tokens)",
-                    "variants": {name: args for name, args in VARIANTS.items()}}
-    seconds, stats, replies = {}, {}, {}
-    for _ in range(rounds):
-        for name, args in VARIANTS.items():
-            engine = LocalEngine(model, tokenizer, {r: adapter_for(r) for r in ROLES}, num_parameters=params, **args)
-            engine.stop_ids = set()  # fixed work: every request decodes exactly its token limit
-            replies[name] = [g.text for g in engine.generate(requests)]
-            if engine.stats.seconds < seconds.get(name, float("inf")):
-                seconds[name], stats[name] = engine.stats.seconds, engine.stats
-    for name in VARIANTS:
-        st = stats[name]
-        rec.figure(f"{name}_seconds", seconds[name], "s", f"{len(requests)} requests x {new_tokens} tokens")
-        rec.figure(f"{name}_forward_passes", st.forward_passes, "passes", "prefills + decode steps")
-        rec.figure(f"{name}_ms_per_pass", 1000 * seconds[name] / st.forward_passes, "ms", "mean over the passes")
-        rec.figure(f"{name}_generated_tokens_per_s", st.generated_tokens / seconds[name], "tokens/s", name)
-        if name != "engine":
-            rec.figure(f"{name}_vs_engine", seconds[name] / seconds["engine"], "x", f"time of {name} / of the engine")
-            rec.figure(f"{name}_same_replies", sum(a == b for a, b in zip(replies[name], replies["engine"], strict=True))
-                       / len(requests), "fraction", "requests whose reply equals the engine's")
+    workloads = {name: fixed_requests(sources, system, count, tokenizer) for name, system in WORKLOADS.items()}
+    rec.settings = {"model": ctx.real_model, "dtype": dtype, "prompts": origin, "rounds": rounds,
+                    "batch": BATCH, "adapters": "zero-initialised LoRA (every variant picks the same tokens)",
+                    "workloads": {name: {"requests": len(requests), "roles": dict(Counter(r.role for r in requests)),
+                                         "tokens": sum(r.max_new_tokens for r in requests)}
+                                  for name, requests in workloads.items()},
+                    "variants": VARIANTS}
+    for workload, requests in workloads.items():
+        seconds, stats, replies = {}, {}, {}
+        for _ in range(rounds):
+            for name, args in VARIANTS.items():
+                engine = LocalEngine(model, tokenizer, {r: adapter_for(r) for r in roles}, max_batch_size=BATCH,
+                                     num_parameters=params, **args)
+                engine.stop_ids = set()  # fixed work: every request decodes exactly its token limit
+                replies[name] = [g.text for g in engine.generate(requests)]
+                if engine.stats.seconds < seconds.get(name, float("inf")):
+                    seconds[name], stats[name] = engine.stats.seconds, engine.stats
+        for name in VARIANTS:
+            key, st = f"{workload}_{name}", stats[name]
+            rec.figure(f"{key}_seconds", seconds[name], "s", f"{workload}: {len(requests)} requests, {name}")
+            rec.figure(f"{key}_forward_passes", st.forward_passes, "passes", "prefills + decode steps")
+            rec.figure(f"{key}_ms_per_pass", 1000 * seconds[name] / st.forward_passes, "ms", "mean over the passes")
+            rec.figure(f"{key}_generated_tokens_per_s", st.generated_tokens / seconds[name], "tokens/s", key)
+            if name != "engine":
+                rec.figure(f"{key}_vs_engine", seconds[name] / seconds["engine"], "x",
+                           f"time of {name} / of the engine, {workload}")
+                same = sum(a == b for a, b in zip(replies[name], replies["engine"], strict=True))
+                rec.figure(f"{key}_same_replies", same / len(requests), "fraction",
+                           "requests whose reply equals the engine's")
     return rec.result()
