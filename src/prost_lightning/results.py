@@ -319,7 +319,7 @@ def results(
         raise ResultsError(f"no finished cell under {folder}: run `prost results --size {size}` first")
     from prost_lightning.results_report import write_results
 
-    command = "prost results " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["results"] else f"prost results --size {size}"
+    command = " ".join(["prost results", *sys.argv[2:]]) if sys.argv[1:2] == ["results"] else f"prost results --size {size}"
     write_results([Path(c["folder"]) for c in cells if c["status"] not in ("missing", "planned")], target,
                   spec=spec, size=size, command=command, invocation_s=time.monotonic() - started,
                   wandb=wandb, group=group, unfinished=[c["name"] for c in cells if c["status"] in ("missing", "planned")])

@@ -118,6 +118,11 @@ def run(ctx: Context) -> dict:
                    f"episodes whose every message is the same through {engine} and hf_generate")
         rec.figure(f"speedup_{engine}_vs_hf_generate", seconds["hf_generate"] / seconds[engine], "x",
                    f"episodes/min of {engine} / of hf_generate, same episodes, same run")
+        # bf16 episodes may differ in length from hf_generate's: the rate per generated token is the
+        # ratio on equal work
+        rec.figure(f"token_rate_{engine}_vs_hf_generate", rec.figures[f"{engine}_generated_tokens_per_s"]["value"]
+                   / rec.figures["hf_generate_generated_tokens_per_s"]["value"], "x",
+                   f"generated tokens/s of {engine} / of hf_generate")
     default = engines[-1]  # the demo's dtype: bf16 where it is fast
     rec.target(f"speedup_{default}_vs_hf_generate", ">=", TARGET_SPEEDUP,
                "see docs/rollouts.md for what bounds the ratio on 2 cores")
