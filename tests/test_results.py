@@ -135,7 +135,8 @@ def test_progress_line_estimates_from_finished_cells():
     done = [{"system": "single", "wall_s": 1200.0}, {"system": "planner_executor", "wall_s": 600.0}]
     line = progress_line(done, [("c", "single"), ("d", "planner_executor"), ("e", "other")])
     # 20 min + 10 min for the systems measured, the mean of all (15 min) for the unmeasured one
-    assert "2 of 5 cells finished; remaining: c, d, e" in line and "about 45 min left (15.0 min per finished cell)" in line
+    assert "2 of 5 cells finished; remaining: c, d, e" in line
+    assert "about 45 min left (min per cell: other 15.0, planner_executor 10.0, single 20.0)" in line
     assert progress_line(done, []) == "all 2 cells finished"
 
 

@@ -228,7 +228,8 @@ def progress_line(done: list[dict[str, Any]], remaining: list[tuple[str, str]]) 
         return sum(same) / len(same) if same else overall
 
     left = sum(mean_of(system) for _, system in remaining)
-    return line + f"; about {left / 60:.0f} min left ({overall / 60:.1f} min per finished cell)"
+    rates = ", ".join(f"{system} {mean_of(system) / 60:.1f}" for system in sorted({s for _, s in remaining}))
+    return line + f"; about {left / 60:.0f} min left (min per cell: {rates})"
 
 
 # -- the verb -------------------------------------------------------------------------------------
