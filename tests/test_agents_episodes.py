@@ -90,6 +90,25 @@ def test_always_wrong_scores_zero(pool, dev_tasks, system):
         assert _roundtrip(t).outcome.failed_subtask == 1
 
 
+def test_known_apis_only_reaches_the_code_turns_of_every_role(pool, dev_tasks):
+    wrong = always_wrong()
+    seen = []
+
+    def record(request):
+        seen.append(request)
+        return wrong.reply(request)
+
+    recorder = ScriptedPolicy(record)
+    for only in (False, True):
+        seen.clear()
+        run_episodes("planner_executor", dev_tasks[:1], pool, {"planner": recorder, "executor": recorder},
+                     limits=Limits(known_apis_only=only))
+        code_turns = [r for r in seen if r.stop_after_code]
+        assert code_turns and all(r.role == "executor" for r in code_turns)
+        assert all((r.known_apis is not None) == (only and r.stop_after_code) for r in seen)
+    assert "show_alarms" in code_turns[0].known_apis.names["phone"]  # the world's own API docs
+
+
 def test_failure_reasons_are_recorded(pool, dev_tasks):
     task = dev_tasks[:1]
 

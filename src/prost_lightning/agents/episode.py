@@ -27,6 +27,7 @@ from prost_lightning.env.client import EnvError
 from prost_lightning.metrics import estimate_flops
 from prost_lightning.trajectory import Conversation, Message, Outcome, SubTask, Trajectory, Usage
 
+from .known_apis import KnownApis
 from .parsing import is_execution_error, truncate
 from .policy import EpisodeView, Generation, GenerationRequest, PolicyError
 from .prompts import PromptSet
@@ -61,6 +62,8 @@ class Limits:
         role_max_new_tokens: per-role overrides of ``max_new_tokens``, e.g. {planner: 64}.
         max_env_steps: code executions per episode (the preamble is not counted).
         max_observation_chars: longer execution outputs are cut in the middle before the model sees them.
+        known_apis_only: code turns may write only APIs the world documents after ``apis.<app>.``
+            (the local model policies constrain their decoding; see ``agents/known_apis.py``).
     """
 
     max_subtasks: int = 8
@@ -69,6 +72,7 @@ class Limits:
     role_max_new_tokens: dict[str, int] = field(default_factory=dict)
     max_env_steps: int = 30
     max_observation_chars: int = 1500
+    known_apis_only: bool = False
 
 
 @dataclass
@@ -116,8 +120,9 @@ class Episode:
 
     def __init__(self, system, task, *, prompts: PromptSet, limits: Limits, cost: CostModel | None = None,
                  role_parameters: dict[str, int | None] | None = None, preamble: str | None = None,
-                 teacher: str = "unknown"):
+                 teacher: str = "unknown", known_apis: KnownApis | None = None):
         self.system = system
+        self.known_apis = known_apis  # given to code-turn requests
         self.task = task
         self.prompts = prompts
         self.limits = limits
@@ -171,7 +176,7 @@ class Episode:
             role=role, messages=[{"role": m.role, "content": m.content} for m in messages],
             max_new_tokens=self.limits.role_max_new_tokens.get(role, self.limits.max_new_tokens),
             view=EpisodeView(self.task, subtask, step, self.last_observation), stop_after_code=code_turn,
-            conversation=f"{self.key}{number}")
+            conversation=f"{self.key}{number}", known_apis=self.known_apis if code_turn else None)
         generation: Generation = yield request
         self._account(role, generation)
         return generation.text.strip()

@@ -18,10 +18,11 @@ import contextlib
 from collections.abc import Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from prost_lightning.backbone import base_parameter_count
 
+from .known_apis import CANDIDATES, KnownApis, TokenPieces
 from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, Policy
 
@@ -51,6 +52,7 @@ class HFPolicy(Policy):
         self.num_parameters = num_parameters or base_parameter_count(model)
         self.name = f"hf:{adapter}" if adapter else "hf"
         self.stop_ids = stop_token_ids(tokenizer)
+        self.pieces = TokenPieces(tokenizer, self.stop_ids)  # kept: its index of the vocabulary is built once
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         out: list[Generation] = []
@@ -77,6 +79,9 @@ class HFPolicy(Policy):
                       pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids)
         if any(code_stop.enabled):  # no per-step decoding for batches without a code turn (the planner's)
             kwargs["stopping_criteria"] = StoppingCriteriaList([code_stop])
+        if any(r.known_apis is not None for r in requests):
+            kwargs["logits_processor"] = LogitsProcessorList([_KnownApisOnly(self.pieces, prompt_width, requests,
+                                                                             greedy=not self.do_sample)])
         if self.do_sample:
             kwargs.update(temperature=self.temperature, top_p=self.top_p)
         with self._adapter_active(), eval_mode(self.model):
@@ -162,3 +167,44 @@ class _CodeBlockClosed(StoppingCriteria):
                 self.length[i] = generated
                 done[i] = True
         return done
+
+
+def mask_unknown_apis(scores: torch.Tensor, apis: KnownApis, before: str, pieces: TokenPieces, *, greedy: bool) -> None:
+    """Set to -inf, in place, the tokens of one row's ``scores`` that would name an API ``apis`` lacks.
+
+    Inside a name every token that cannot continue it is dropped. Elsewhere only a token that
+    writes a whole name can break one: greedy drops every token ranked above the first allowed
+    one, sampling the refused ones among the ``CANDIDATES`` likeliest.
+    """
+    allowed = apis.allowed_tokens(before, pieces)
+    if allowed is not None:
+        if allowed:
+            kept = scores[allowed].clone()
+            scores.fill_(float("-inf"))
+            scores[allowed] = kept
+        return
+    # stable: equal scores keep token order, as argmax breaks ties, so greedy picks the first allowed
+    order = scores.sort(descending=True, stable=True).indices
+    ranked = order[:CANDIDATES].tolist()
+    banned = apis.banned(before, ranked, pieces, first_allowed=greedy)
+    if len(banned) == len(ranked):
+        banned = apis.banned(before, order.tolist(), pieces, first_allowed=True)
+    if banned and len(banned) < scores.numel():
+        scores[banned] = float("-inf")
+
+
+class _KnownApisOnly(LogitsProcessor):
+    """``generate``'s side of known APIs: rows whose request has ``known_apis`` decode only real API names."""
+
+    def __init__(self, pieces: TokenPieces, prompt_width: int, requests: list[GenerationRequest], greedy: bool):
+        self.pieces = pieces
+        self.prompt_width = prompt_width
+        self.apis = [r.known_apis for r in requests]
+        self.greedy = greedy
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for i, apis in enumerate(self.apis):
+            if apis is not None:
+                before = self.pieces.text(input_ids[i, self.prompt_width:].tolist())
+                mask_unknown_apis(scores[i], apis, before, self.pieces, greedy=self.greedy)
+        return scores

@@ -20,7 +20,8 @@ keep decoding). Each row goes through its own adapter in the same forward pass
 layers that module does not cover); a step whose rows share one adapter runs on its merged
 weights. The batch cache is preallocated and written in place
 (:mod:`~prost_lightning.agents.kv_slots`), and steps of several tokens attend on its key/value heads
-as they are (:mod:`~prost_lightning.agents.gqa_attention`). Code turns stop at the close of their first code block;
+as they are (:mod:`~prost_lightning.agents.gqa_attention`). Code turns stop at the close of their first code block
+(and, with ``known_apis``, name only real APIs: :mod:`~prost_lightning.agents.known_apis`);
 other turns at their end-of-turn token or token limit. Memory is bounded: caches of released
 episodes are dropped and the least recently used entries are evicted past ``cache_tokens``.
 
@@ -45,7 +46,8 @@ from prost_lightning.backbone import base_parameter_count
 
 from .gqa_attention import installed as grouped_attention
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
-from .hf_policy import stop_token_ids
+from .hf_policy import mask_unknown_apis, stop_token_ids
+from .known_apis import TokenPieces
 from .kv_slots import SlotCache
 from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, StreamingPolicy
@@ -149,6 +151,7 @@ class LocalEngine(StreamingPolicy):
         self.fold_query_groups = fold_query_groups
         self.num_parameters = num_parameters or base_parameter_count(model)
         self.stop_ids = set(stop_token_ids(tokenizer))
+        self._pieces = TokenPieces(tokenizer, self.stop_ids)
         self.mixed = hasattr(model, "peft_config")
         self.stats = EngineStats()
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
@@ -256,7 +259,7 @@ class LocalEngine(StreamingPolicy):
                                [row.adapter])
         row.fed = list(row.ids)
         row.context = list(row.ids)
-        row.pending = self._pick(logits)[0]
+        row.pending = self._pick(logits, [row])[0]
         self.stats.calls += 1
         self.stats.prompt_tokens += len(row.ids)
         self.stats.cached_tokens += reused
@@ -278,20 +281,27 @@ class LocalEngine(StreamingPolicy):
         mask, positions = self._slots.plan_decode(count)
         logits = self._forward(torch.tensor(feed, device=self._slots.device), mask, positions,
                                [r.adapter for r in rows], keep=count)
-        picks = self._pick(logits) if count == 1 else logits.argmax(dim=-1).tolist()
-        finished = [slot for slot, row in enumerate(rows) if self._take(slot, row, drafts[slot], picks[slot])]
+        picks = self._pick(logits, rows) if count == 1 else logits.argmax(dim=-1).tolist()
+        finished = [slot for slot, row in enumerate(rows)
+                    if self._take(slot, row, drafts[slot], picks[slot], logits[slot] if count > 1 else None)]
         done = [rows[slot] for slot in finished]
         for slot in reversed(finished):  # from the end: a removed slot is refilled by the last one
             self._finish(slot)
         return done
 
-    def _take(self, slot: int, row: _Row, draft: list[int], picks) -> bool:
-        """Accept the row's picks up to the first that differs from its draft; True when the row is finished."""
+    def _take(self, slot: int, row: _Row, draft: list[int], picks, logits: torch.Tensor | None) -> bool:
+        """Accept the row's picks up to the first that differs from its draft; True when the row is finished.
+
+        ``logits`` ([positions, vocab], multi-token steps): a row with known APIs picks again at each
+        position, since what it may write there depends on the tokens accepted before it.
+        """
         picks = picks if isinstance(picks, list) else [picks]
         row.fed.append(row.pending)
         self.stats.draft_tokens += len(draft)
         finished = False
         for i, token in enumerate(picks):
+            if logits is not None and row.request.known_apis is not None:
+                token = self._pick(logits[i:i + 1], [row])[0]
             row.pending = token
             finished = self._accept(row, token)
             if finished or i >= len(draft) or draft[i] != token:
@@ -331,7 +341,12 @@ class LocalEngine(StreamingPolicy):
             self.model.set_adapter(adapters[0])
         return self.model(**kwargs).logits.float()
 
-    def _pick(self, logits: torch.Tensor) -> list[int]:
+    def _pick(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        """The next token of each row ([rows, vocab] logits), within the row's known APIs if it has them."""
+        for scores, row in zip(logits, rows, strict=True):
+            if row.request.known_apis is not None:
+                mask_unknown_apis(scores, row.request.known_apis, self._text(row), self._pieces,
+                                  greedy=not self.do_sample)
         if not self.do_sample:
             return logits.argmax(dim=-1).tolist()
         probs = torch.softmax(logits / max(self.temperature, 1e-5), dim=-1)
@@ -356,7 +371,7 @@ class LocalEngine(StreamingPolicy):
         return bool(row.finish)
 
     def _text(self, row: _Row) -> str:
-        return self.tokenizer.decode([t for t in row.generated if t not in self.stop_ids], skip_special_tokens=True)
+        return self._pieces.text(row.generated)
 
     def _generation(self, row: _Row) -> Generation:
         text = self._text(row)

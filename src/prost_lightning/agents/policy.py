@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .known_apis import KnownApis
 
 
 class PolicyError(RuntimeError):
@@ -44,6 +47,7 @@ class GenerationRequest:
     view: EpisodeView | None = None
     stop_after_code: bool = False  # a code turn: the reply may end at the close of its first code block
     conversation: str | None = None  # stable id of the chat across calls (prefix caches key on it)
+    known_apis: KnownApis | None = None  # a code turn may name only these APIs (local model policies)
 
 
 @dataclass

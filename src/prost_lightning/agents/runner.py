@@ -36,11 +36,12 @@ from typing import Any
 
 from prost_lightning.env.client import SERVER_FAULT, EnvError
 from prost_lightning.env.runtime import load_preamble
-from prost_lightning.env.tasks import TaskInfo, load_task, load_task_ids
+from prost_lightning.env.tasks import TaskInfo, load_api_names, load_task, load_task_ids
 from prost_lightning.errors import ConfigError
 from prost_lightning.trajectory import Trajectory
 
 from .episode import CostModel, EnvCall, Episode, FailureReason, Limits
+from .known_apis import KnownApis
 from .policy import GenerationRequest, Policy, PolicyError, StreamingPolicy
 from .prompts import PromptSet
 from .systems import AgentSystem, build_system
@@ -103,8 +104,10 @@ def run_episodes(
     if use_preamble and preamble is None:
         preamble = load_preamble()
     role_parameters = {r: policies[r].num_parameters for r in system.roles}
-    new_episode = partial(Episode, system, prompts=prompts or PromptSet(), limits=limits or Limits(), cost=cost,
-                          role_parameters=role_parameters, preamble=preamble, teacher=teacher)
+    limits = limits or Limits()
+    known_apis = KnownApis(load_api_names(pool.root)) if limits.known_apis_only else None
+    new_episode = partial(Episode, system, prompts=prompts or PromptSet(), limits=limits, cost=cost,
+                          role_parameters=role_parameters, preamble=preamble, teacher=teacher, known_apis=known_apis)
     play = _Play(tasks, pool, policies, new_episode, max(1, min(concurrency or pool.size, pool.size)), on_episode)
     with ThreadPoolExecutor(max_workers=play.width, thread_name_prefix="env") as threads:
         if all(isinstance(p, StreamingPolicy) for p in play.engines):

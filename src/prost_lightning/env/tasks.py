@@ -2,6 +2,7 @@
 
     ids = load_task_ids(root, "train")          # data/datasets/train.txt, ":tag" suffixes dropped
     task = load_task(root, ids[0])              # TaskInfo: instruction, supervisor, difficulty, plan
+    apis = load_api_names(root)                 # {app: [api names]} from data/api_docs/standard
 
 The plan (sub-tasks with solution code) comes from our ``ground_truth/plan.json`` (mini-world).
 For real AppWorld train/dev tasks, which ship ``ground_truth/compiled_solution.py`` (or
@@ -116,6 +117,19 @@ def _read_json(path: Path, what: str):
         raise TaskDataError(f"{path}: missing ({what})") from None
     except json.JSONDecodeError as error:
         raise TaskDataError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
+
+
+def load_api_names(root: str | Path) -> dict[str, list[str]]:
+    """The APIs each app of the world documents (``data/api_docs/standard/<app>.json``), sorted by name."""
+    folder = data_dir(root) / "api_docs" / "standard"
+    if not folder.is_dir():
+        raise NoWorldData(f"no API documentation under {folder}: build the world again "
+                          "(`prost world build`) or point --world at an AppWorld data root")
+    names = {}
+    for path in sorted(folder.glob("*.json")):
+        docs = _read_json(path, "API documentation")  # {api_name: doc}, or a list of docs with "api_name"
+        names[path.stem] = sorted(docs if isinstance(docs, dict) else (d["api_name"] for d in docs))
+    return names
 
 
 def load_task(root: str | Path, task_id: str) -> TaskInfo:
