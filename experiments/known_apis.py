@@ -1,0 +1,69 @@
+"""Re-evaluate the results grid's trained cells with known API names (``limits.known_apis_only``).
+
+Reproduces the "Known APIs" table of docs/results.md (about 5 minutes per cell on 2 cores):
+
+    python experiments/known_apis.py                                  # every finished cell
+    python experiments/known_apis.py --cells planner_executor_full_s0,planner_executor_full_s1
+
+Each cell's adapters (``runs/results/cpu/<cell>``) go through the grid's own ``prost eval`` command
+(``results.eval_command``: the same tasks, engine, dtype, prompts and budgets) with
+``known_apis_only: true`` added, into ``runs/known_apis/<cell>/episodes.jsonl``. A cell whose file
+holds all its tasks is kept, so the script resumes after an interruption. It then prints, per
+cell and split, the solved tasks of the grid's evaluation and of this one, and writes
+``runs/known_apis/summary.json``. Nothing is trained here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from prost_lightning.files import write_atomic
+from prost_lightning.results import EPISODES_FILE, eval_command, eval_settings, load_results_spec
+from prost_lightning.sweep import GridPoint
+from prost_lightning.trajectory import read_trajectories
+
+GRID = Path("runs/results/cpu")
+OUT = Path("runs/known_apis")
+
+
+def solved(path: Path) -> dict[str, bool]:
+    return {t.task_id: t.outcome.success for t in read_trajectories(path)} if path.is_file() else {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default="", help="comma-separated cell names (default: every finished cell)")
+    parser.add_argument("--spec", default="experiments/results.yaml")
+    args = parser.parse_args()
+    settings = eval_settings(load_results_spec(args.spec), "cpu")
+    settings = {**settings, "limits": {**settings["limits"], "known_apis_only": True}}
+    names = args.cells.split(",") if args.cells else sorted(p.parent.name for p in GRID.glob("*/cell.json"))
+    summary = {}
+    for name in names:
+        cell = json.loads((GRID / name / "cell.json").read_text())
+        tasks = [t for split in cell["splits"] for t in cell["tasks"][split]]
+        out = OUT / name / "episodes.jsonl"
+        if set(solved(out)) != set(tasks):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            point = GridPoint(name=name, system=cell["system"], schedule=cell["schedule"],
+                              base_model=cell["base_model"], seed=cell["seed"])
+            command = eval_command(point, tasks, Path(cell["adapters"]), out, settings, "worlds/mini")
+            print(f"{name}: {' '.join(command)}", flush=True)
+            started = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+        before, after = solved(GRID / name / EPISODES_FILE), solved(out)
+        summary[name] = {split: {"tasks": len(cell["tasks"][split]),
+                                 "grid": sum(before[t] for t in cell["tasks"][split]),
+                                 "known_apis": sum(after[t] for t in cell["tasks"][split])}
+                         for split in cell["splits"]}
+        print(name, json.dumps(summary[name]), flush=True)
+    write_atomic(OUT / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
