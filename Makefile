@@ -88,6 +88,9 @@ results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu hour
 	test -d $(WORLD)/data/tasks || $(BIN)/prost world build --root $(WORLD)
 	WANDB_MODE=$(if $(filter true,$(WANDB)),,offline) $(BIN)/prost results --size $(SIZE) --ablations $(ABLATIONS) --wandb $(WANDB) --root $(WORLD) $(RESULTS_ARGS)
 
+known-apis: install model ## re-evaluate the finished results grid with known API names (~6 min per cell, resumable)
+	$(BIN)/python experiments/known_apis.py --root $(WORLD) $(KNOWN_APIS_ARGS)
+
 bench: install model ## benchmarks (full): bench/results.json + BENCHMARKS.md; BENCH_ARGS="--only memory" for one
 	WANDB_MODE=disabled $(BIN)/prost bench --world $(WORLD) $(BENCH_ARGS)
 
@@ -101,4 +104,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds sweep results bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds sweep results known-apis bench lint clean

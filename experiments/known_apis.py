@@ -2,6 +2,7 @@
 
 Reproduces the "Known APIs" table of docs/results.md (about 5 minutes per cell on 2 cores):
 
+    make known-apis                                                   # = python experiments/known_apis.py
     python experiments/known_apis.py                                  # every finished cell
     python experiments/known_apis.py --cells planner_executor_full_s0,planner_executor_full_s1
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", default="", help="comma-separated cell names (default: every finished cell)")
     parser.add_argument("--spec", default="experiments/results.yaml")
+    parser.add_argument("--root", default="worlds/mini", help="the world the grid was evaluated on")
     args = parser.parse_args()
     settings = eval_settings(load_results_spec(args.spec), "cpu")
     settings = {**settings, "limits": {**settings["limits"], "known_apis_only": True}}
@@ -51,7 +53,7 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             point = GridPoint(name=name, system=cell["system"], schedule=cell["schedule"],
                               base_model=cell["base_model"], seed=cell["seed"])
-            command = eval_command(point, tasks, Path(cell["adapters"]), out, settings, "worlds/mini")
+            command = eval_command(point, tasks, Path(cell["adapters"]), out, settings, args.root)
             print(f"{name}: {' '.join(command)}", flush=True)
             started = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

@@ -20,7 +20,9 @@ from prost_lightning.agents import (
     system_roles,
 )
 from prost_lightning.agents.episode_summary import summarize
+from prost_lightning.agents.openai_policy import OpenAIPolicy
 from prost_lightning.agents.parsing import extract_code
+from prost_lightning.errors import ConfigError
 from prost_lightning.trajectory import parse_line
 
 pytestmark = pytest.mark.appworld
@@ -107,6 +109,10 @@ def test_known_apis_only_reaches_the_code_turns_of_every_role(pool, dev_tasks):
         assert code_turns and all(r.role == "executor" for r in code_turns)
         assert all((r.known_apis is not None) == (only and r.stop_after_code) for r in seen)
     assert "show_alarms" in code_turns[0].known_apis.names["phone"]  # the world's own API docs
+    endpoint = OpenAIPolicy("http://127.0.0.1:9/v1", "m", api_key_env=None)  # never called: refused first
+    with pytest.raises(ConfigError, match="known_apis_only.*openai:m policy cannot"):
+        run_episodes("planner_executor", dev_tasks[:1], pool, {"planner": endpoint, "executor": endpoint},
+                     limits=Limits(known_apis_only=True))
 
 
 def test_failure_reasons_are_recorded(pool, dev_tasks):

@@ -24,6 +24,8 @@ from .policy import Generation, GenerationRequest, Policy, PolicyError
 
 
 class OpenAIPolicy(Policy):
+    constrains_known_apis = False  # the endpoint decodes; limits.known_apis_only is refused with it
+
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                  temperature: float = 0.0, timeout_s: float = 120.0, retries: int = 2,
                  max_concurrency: int = 8, num_parameters: int | None = None,

@@ -65,6 +65,8 @@ class Policy:
 
     name = "policy"
     num_parameters: int | None = None
+    # False for model policies that cannot honour ``GenerationRequest.known_apis`` (an HTTP endpoint)
+    constrains_known_apis: bool = True
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         raise NotImplementedError
