@@ -10,8 +10,9 @@ Each cell's adapters (``runs/results/cpu/<cell>``) go through the grid's own ``p
 (``results.eval_command``: the same tasks, engine, dtype, prompts and budgets) with
 ``known_apis_only: true`` added, into ``runs/known_apis/<cell>/episodes.jsonl``. A cell whose file
 holds all its tasks is kept, so the script resumes after an interruption. It then prints, per
-cell and split, the solved tasks of the grid's evaluation and of this one, and writes
-``runs/known_apis/summary.json``. Nothing is trained here.
+cell and split, the solved tasks, passed tests and episodes that met a made-up API ("No API
+named ...") of the grid's evaluation and of this one, and writes ``runs/known_apis/summary.json``.
+Nothing is trained here.
 """
 
 from __future__ import annotations
@@ -31,8 +32,21 @@ GRID = Path("runs/results/cpu")
 OUT = Path("runs/known_apis")
 
 
+MADE_UP = "No API named"  # AppWorld's error for an API the app does not have
+
+
 def solved(path: Path) -> dict[str, bool]:
     return {t.task_id: t.outcome.success for t in read_trajectories(path)} if path.is_file() else {}
+
+
+def episode_figures(path: Path, tasks: list[str]) -> dict[str, int]:
+    """Solved tasks, passed tests and episodes that met a made-up API, over ``tasks``."""
+    wanted = set(tasks)
+    episodes = [t for t in read_trajectories(path) if t.task_id in wanted]
+    return {"solved": sum(t.outcome.success for t in episodes),
+            "tests_passed": sum(t.outcome.passes for t in episodes),
+            "made_up_api_episodes": sum(any(MADE_UP in m.content for c in t.conversations for m in c.messages
+                                            if m.role == "user") for t in episodes)}
 
 
 def main() -> None:
@@ -58,13 +72,36 @@ def main() -> None:
             started = time.perf_counter()
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-        before, after = solved(GRID / name / EPISODES_FILE), solved(out)
         summary[name] = {split: {"tasks": len(cell["tasks"][split]),
-                                 "grid": sum(before[t] for t in cell["tasks"][split]),
-                                 "known_apis": sum(after[t] for t in cell["tasks"][split])}
+                                 "grid": episode_figures(GRID / name / EPISODES_FILE, cell["tasks"][split]),
+                                 "known_apis": episode_figures(out, cell["tasks"][split])}
                          for split in cell["splits"]}
         print(name, json.dumps(summary[name]), flush=True)
     write_atomic(OUT / "summary.json", json.dumps(summary, indent=2) + "\n")
+    print(table(summary))
+
+
+def _tgc(cells: list[dict], split: str, side: str) -> str:
+    values = [100 * c[split][side]["solved"] / c[split]["tasks"] for c in cells]
+    return f"{sum(values) / len(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})"
+
+
+def table(summary: dict) -> str:
+    """Markdown: per configuration (cells of every seed), TGC per split and the episode counts, grid -> known APIs."""
+    configs: dict[str, list[str]] = {}
+    for name in summary:
+        configs.setdefault(name.rsplit("_s", 1)[0], []).append(name)
+    splits = list(next(iter(summary.values())))
+    lines = ["| configuration (seeds) | " + " | ".join(f"{s} TGC, grid -> known APIs" for s in splits)
+             + " | episodes meeting a made-up API | tests passed |", "|---" * (len(splits) + 3) + "|"]
+    for config, names in configs.items():
+        cells = [summary[n] for n in names]
+        columns = [f"{_tgc(cells, s, 'grid')} -> {_tgc(cells, s, 'known_apis')}" for s in splits]
+        for key in ("made_up_api_episodes", "tests_passed"):
+            grid, known = (sum(c[s][side][key] for c in cells for s in splits) for side in ("grid", "known_apis"))
+            columns.append(f"{grid} -> {known}")
+        lines.append(f"| {config} ({len(names)}) | " + " | ".join(columns) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

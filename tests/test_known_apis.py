@@ -67,6 +67,7 @@ def test_smollm2_asked_for_an_unknown_api_writes_a_real_one_on_both_local_paths(
     engine = LocalEngine(model, tok, {"executor": None})
     constrained = reply(engine, apis)
     assert constrained == reply(HFPolicy(model, tok), apis)  # both paths pick the same tokens
+    assert engine.stats.draft_tokens > 0  # the prompt's made-up name was drafted and judged position by position
     name = constrained.split("apis.phone.")[1].split("(")[0]
     assert name in apis.names["phone"]
     sampled = LocalEngine(model, tok, {"executor": None}, do_sample=True, temperature=1.0, seed=0)
@@ -77,3 +78,22 @@ def test_smollm2_asked_for_an_unknown_api_writes_a_real_one_on_both_local_paths(
             known = apis.names.get(app, ())
             # a name cut by the token limit must still be the start of a real one
             assert api in known or (match.end() == len(text) and any(n.startswith(api) for n in known)), text
+
+
+def test_the_reevaluation_table_averages_the_seeds_of_each_configuration():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "known_apis.py"
+    spec = importlib.util.spec_from_file_location("known_apis_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def cell(solved_grid, solved_known, made_up_grid):
+        side = {"tests_passed": 1, "made_up_api_episodes": 0}
+        return {"test_normal": {"tasks": 4, "grid": {**side, "solved": solved_grid, "made_up_api_episodes": made_up_grid},
+                                "known_apis": {**side, "solved": solved_known}}}
+
+    rows = script.table({"single_full_s0": cell(2, 1, 3), "single_full_s1": cell(0, 1, 1)}).splitlines()
+    assert len(rows) == 3  # header, rule, one configuration
+    assert rows[2] == "| single_full (2) | 25.0 (50.0, 0.0) -> 25.0 (25.0, 25.0) | 4 -> 0 | 2 -> 2 |"
