@@ -35,8 +35,8 @@ OUT = Path("runs/known_apis")
 MADE_UP = "No API named"  # AppWorld's error for an API the app does not have
 
 
-def solved(path: Path) -> dict[str, bool]:
-    return {t.task_id: t.outcome.success for t in read_trajectories(path)} if path.is_file() else {}
+def played(path: Path) -> set[str]:
+    return {t.task_id for t in read_trajectories(path)} if path.is_file() else set()
 
 
 def episode_figures(path: Path, tasks: list[str]) -> dict[str, int]:
@@ -63,7 +63,7 @@ def main() -> None:
         cell = json.loads((GRID / name / "cell.json").read_text())
         tasks = [t for split in cell["splits"] for t in cell["tasks"][split]]
         out = OUT / name / "episodes.jsonl"
-        if set(solved(out)) != set(tasks):
+        if played(out) != set(tasks):
             out.parent.mkdir(parents=True, exist_ok=True)
             point = GridPoint(name=name, system=cell["system"], schedule=cell["schedule"],
                               base_model=cell["base_model"], seed=cell["seed"])

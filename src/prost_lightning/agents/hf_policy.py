@@ -100,7 +100,7 @@ class HFPolicy(Policy):
                     finish = "stop"
                     break
                 tokens.append(t)
-            text = tok.decode([t for t in tokens if t not in self.stop_ids], skip_special_tokens=True)
+            text = self.pieces.text(tokens)
             if i in code_stop.length:
                 finish = "stop"
                 text = text[: code_block_end(text) or len(text)]
@@ -183,6 +183,8 @@ def mask_unknown_apis(scores: torch.Tensor, apis: KnownApis, before: str, pieces
             scores.fill_(float("-inf"))
             scores[allowed] = kept
         return
+    if greedy and apis.allows(before, pieces(int(scores.argmax()))):
+        return  # the usual case: the pick already keeps every name real, no ranking needed
     # stable: equal scores keep token order, as argmax breaks ties, so greedy picks the first allowed
     order = scores.sort(descending=True, stable=True).indices
     ranked = order[:CANDIDATES].tolist()

@@ -105,11 +105,13 @@ def run_episodes(
         preamble = load_preamble()
     role_parameters = {r: policies[r].num_parameters for r in system.roles}
     limits = limits or Limits()
-    unable = sorted({p.name for p in policies.values() if not p.constrains_known_apis})
-    if limits.known_apis_only and unable:
-        raise ConfigError(f"limits.known_apis_only: the {', '.join(unable)} policy cannot restrict its decoding to "
-                          "known API names; use engine hf or hf_generate, or set known_apis_only to false")
-    known_apis = KnownApis(load_api_names(pool.root)) if limits.known_apis_only else None
+    known_apis = None
+    if limits.known_apis_only:
+        unable = sorted({p.name for p in policies.values() if not p.constrains_known_apis})
+        if unable:
+            raise ConfigError(f"limits.known_apis_only: the {', '.join(unable)} policy cannot restrict its decoding "
+                              "to known API names; use engine hf or hf_generate, or set known_apis_only to false")
+        known_apis = KnownApis(load_api_names(pool.root))
     new_episode = partial(Episode, system, prompts=prompts or PromptSet(), limits=limits, cost=cost,
                           role_parameters=role_parameters, preamble=preamble, teacher=teacher, known_apis=known_apis)
     play = _Play(tasks, pool, policies, new_episode, max(1, min(concurrency or pool.size, pool.size)), on_episode)
