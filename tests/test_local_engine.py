@@ -118,15 +118,57 @@ def test_drafts_checked_in_the_decode_pass_keep_plain_generate_replies(tiny_team
     assert engine.stats.forward_passes < len(requests) + sum(g.completion_tokens for g in fast)
 
 
+def test_a_roles_earlier_reply_drafts_the_next_episodes_reply(tiny_team):
+    """Episodes of one role write alike: the first episode's reply, looked up as a draft, lets the
+    second decode the same reply in fewer passes; without reply drafts it takes as many as the first."""
+    m = tiny_team
+
+    def request(role, task, episode):
+        return GenerationRequest(role=role, messages=_chat(role, task, 1), max_new_tokens=24,
+                                 stop_after_code=False, conversation=f"ep{episode}/0")
+
+    # a chat the random tiny model answers at length (some it ends at once)
+    probe = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES})
+    role, task = next((role, task) for task in range(6) for role in ROLES
+                      if probe.generate([request(role, task, 0)])[0].completion_tokens >= 16)
+    passes = {}
+    for replies in (True, False):
+        engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, drafts_from_replies=replies)
+        reference = engine.generate([request(role, task, 0)])[0]
+        before = engine.stats.forward_passes
+        again = engine.generate([request(role, task, 1)])[0]
+        assert again.text == reference.text == _plain(m, [request(role, task, 1)])[0].text
+        passes[replies] = engine.stats.forward_passes - before
+    assert passes[True] * 2 <= passes[False]
+
+
 def test_layers_compute_each_rows_adapter_on_merged_and_stacked_weights(tiny_team):
     """One adapter for every row: its merged weights; mixed rows: the stacks; both give PEFT's logits,
     and new adapter weights (training between rollouts) are merged again before the next pass."""
-    from prost_lightning.agents.grouped_lora import BASE_ADAPTER, GroupedLoRA
+    from prost_lightning.agents.grouped_lora import GroupedLoRA
 
-    m = tiny_team
-    ids = torch.tensor([[5, 17, 33, 2, 9, 41], [7, 7, 12, 30, 1, 3]])
-    grouped = GroupedLoRA(m.model)
+    grouped = GroupedLoRA(tiny_team.model)
     assert grouped.merging and grouped.merged_bytes() > 0
+    assert not grouped.packing  # float64: oneDNN's packed linear is float32 only
+    _assert_grouped_paths_equal_peft(tiny_team, grouped)
+
+
+def test_packed_float32_weights_give_peft_logits_on_every_path():
+    from prost_lightning.agents import packed_linear
+    from prost_lightning.agents.grouped_lora import GroupedLoRA
+
+    team = _team("tiny", 0.5, role_overrides={"planner": {"r": 8}}, dtype=torch.float32)
+    if not packed_linear.supported(next(team.model.parameters())):
+        pytest.skip("this torch build has no oneDNN packed linear")
+    grouped = GroupedLoRA(team.model)
+    assert grouped.packing and not GroupedLoRA(team.model, pack=False).packing
+    _assert_grouped_paths_equal_peft(team, grouped)
+
+
+def _assert_grouped_paths_equal_peft(m, grouped):
+    from prost_lightning.agents.grouped_lora import BASE_ADAPTER
+
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41], [7, 7, 12, 30, 1, 3]])
 
     def peft(adapters):
         return m.model(input_ids=ids, adapter_names=adapters).logits

@@ -44,6 +44,7 @@ import torch
 
 from prost_lightning.backbone import base_parameter_count
 
+from .drafts import NgramIndex, ReplyIndex, draft
 from .gqa_attention import installed as grouped_attention
 from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import mask_unknown_apis, stop_token_ids
@@ -53,8 +54,6 @@ from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, StreamingPolicy
 
 SHARED_PREFIX = "shared:"  # cache keys of system-prompt prefixes, kept across episodes
-DRAFT_NGRAMS = (3, 2)  # draft lookup: the longest of these n-grams that occurred before
-
 
 @dataclass
 class EngineStats:
@@ -103,9 +102,7 @@ class _Row:
     finish: str = ""
     code_stop: bool = False
     pending: int = 0  # the next token, picked but not yet fed
-    context: list[int] = field(default_factory=list)  # prompt + generated tokens (drafts are looked up here)
-    ngrams: dict = field(default_factory=dict)  # n-gram -> index of the token after its latest occurrence
-    indexed: int = 0  # context[:indexed] is in ``ngrams``
+    context: NgramIndex = field(default_factory=NgramIndex)  # prompt + generated tokens (drafts are looked up here)
 
 
 class LocalEngine(StreamingPolicy):
@@ -116,8 +113,8 @@ class LocalEngine(StreamingPolicy):
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
                  cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
-                 draft_tokens: int = 4, step_tokens: int = 16, merged_adapters: bool = True,
-                 fold_query_groups: bool = True):
+                 draft_tokens: int = 4, step_tokens: int = 16, drafts_from_replies: bool = True,
+                 merged_adapters: bool = True, packed_weights: bool = True, fold_query_groups: bool = True):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -128,13 +125,17 @@ class LocalEngine(StreamingPolicy):
             cache_tokens: cap on the tokens held in the prefix cache (least recently used evicted).
             num_parameters: base parameters, for FLOPs (default: counted from the model).
             seed: seed of the sampling generator (sampling only).
-            draft_tokens: greedy decoding: up to this many tokens per row guessed from the row's
-                own context (prompt lookup) and checked in the same forward pass (replies unchanged;
-                1.99x vs 1.71x over plain generate with none, docs/rollouts.md); 0: none.
+            draft_tokens: greedy decoding: up to this many tokens per row guessed by lookup
+                (:mod:`~prost_lightning.agents.drafts`) and checked in the same forward pass (replies
+                unchanged; 1.99x vs 1.71x over plain generate with none, docs/rollouts.md); 0: none.
             step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
                 near free for a few rows, not for a full batch.
+            drafts_from_replies: drafts are also looked up in the replies the row's adapter finished
+                before (other episodes of the same role), not only in the row's own context.
             merged_adapters: a step whose rows share one adapter runs on that adapter's merged
                 weights (one copy of the adapted weights per role in memory; see grouped_lora).
+            packed_weights: on CPUs in float32, the adapted layers' weights are packed for oneDNN
+                once (:mod:`~prost_lightning.agents.packed_linear`): small-batch products cost less.
             fold_query_groups: steps of several tokens per row attend on the cache's key/value heads
                 as they are (gqa_attention); False: transformers' attention, which copies them.
         """
@@ -147,6 +148,7 @@ class LocalEngine(StreamingPolicy):
         self.max_batch_size = max(1, max_batch_size)
         self.cache_tokens = cache_tokens
         self.draft_tokens = 0 if do_sample else max(0, draft_tokens)
+        self._replies: dict[str, ReplyIndex] | None = {} if drafts_from_replies and self.draft_tokens else None
         self.step_tokens = step_tokens
         self.fold_query_groups = fold_query_groups
         self.num_parameters = num_parameters or base_parameter_count(model)
@@ -160,7 +162,8 @@ class LocalEngine(StreamingPolicy):
         self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5 renamed the cache argument; older releases only know past_key_values
         self._cache_arg = "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
-        self._lora = GroupedLoRA(model, merge=merged_adapters) if self.mixed and GroupedLoRA.supports(model) else None
+        self._lora = (GroupedLoRA(model, merge=merged_adapters, pack=packed_weights)
+                      if self.mixed and GroupedLoRA.supports(model) else None)
         self._slots = _slot_cache(self._base)
         self._rows: list[_Row] = []  # the running batch, in slot order
         self._waiting: deque[_Row] = deque()
@@ -174,6 +177,8 @@ class LocalEngine(StreamingPolicy):
 
     def clear(self) -> None:
         self._cache.clear()
+        if self._replies is not None:
+            self._replies.clear()
 
     @property
     def cached_tokens(self) -> int:
@@ -258,7 +263,7 @@ class LocalEngine(StreamingPolicy):
         logits = self._forward(torch.tensor([row.ids[reused:]], device=self._slots.device), mask, positions,
                                [row.adapter])
         row.fed = list(row.ids)
-        row.context = list(row.ids)
+        row.context = NgramIndex(list(row.ids))
         row.pending = self._pick(logits, [row])[0]
         self.stats.calls += 1
         self.stats.prompt_tokens += len(row.ids)
@@ -269,12 +274,12 @@ class LocalEngine(StreamingPolicy):
         """One forward pass for every running row; returns the rows it finished (they have left the batch).
 
         Each row feeds its pending token and, greedy, a draft of the tokens that followed the same
-        n-gram earlier in its context; the model's own pick at every position decides how much of
-        the draft is kept, so the reply is the one token-by-token decoding gives.
+        n-gram before (:mod:`~prost_lightning.agents.drafts`); the model's own pick at every position
+        decides how much of the draft is kept, so the reply is the one token-by-token decoding gives.
         """
         rows = self._rows
         per_row = min(self.draft_tokens, self.step_tokens // len(rows) - 1)
-        drafts = [_draft(row, min(per_row, row.request.max_new_tokens - len(row.generated) - 1)) for row in rows]
+        drafts = [self._draft(row, min(per_row, row.request.max_new_tokens - len(row.generated) - 1)) for row in rows]
         count = 1 + max(len(d) for d in drafts)
         pad = rows[0].pending  # fills short rows; its outputs are not read
         feed = [[r.pending, *d] + [pad] * (count - 1 - len(d)) for r, d in zip(rows, drafts, strict=True)]
@@ -311,9 +316,15 @@ class LocalEngine(StreamingPolicy):
         self._slots.truncate(slot, len(row.fed))
         return finished
 
+    def _draft(self, row: _Row, limit: int) -> list[int]:
+        replies = self._replies.get(row.adapter) if self._replies is not None else None
+        return draft(row.context, replies, limit)
+
     def _finish(self, slot: int) -> None:
         row = self._rows[slot]
         self._store(row, slot)
+        if self._replies is not None:
+            self._replies.setdefault(row.adapter, ReplyIndex()).add(row.generated)
         self._slots.remove(slot)
         self._rows[slot] = self._rows[-1]
         self._rows.pop()
@@ -360,7 +371,7 @@ class LocalEngine(StreamingPolicy):
     def _accept(self, row: _Row, token: int) -> bool:
         """Take the row's next token; True when the row is finished."""
         row.generated.append(token)
-        row.context.append(token)
+        row.context.tokens.append(token)
         self.stats.generated_tokens += 1
         if token in self.stop_ids:
             row.finish = "stop"
@@ -436,23 +447,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def _draft(row: _Row, limit: int) -> list[int]:
-    """Up to ``limit`` tokens that followed the latest earlier occurrence of the context's last n-gram."""
-    if limit <= 0:
-        return []
-    context = row.context
-    for end in range(row.indexed, len(context)):  # n-gram context[end-n:end] was followed by context[end]
-        for n in DRAFT_NGRAMS:
-            if end >= n:
-                row.ngrams[tuple(context[end - n:end])] = end
-    row.indexed = len(context)
-    for n in DRAFT_NGRAMS:
-        end = row.ngrams.get(tuple(context[-n:]))
-        if end is not None:
-            return context[end:end + limit]
-    return []
 
 
 def _slot_cache(base) -> SlotCache:
