@@ -1,6 +1,13 @@
 """Draft lookup (pure): what a row's own context and its role's earlier replies propose."""
 
-from prost_lightning.agents.drafts import REPLY_INDEX_TOKENS, SEPARATOR, NgramIndex, ReplyIndex, draft
+from prost_lightning.agents.drafts import (
+    MATCH_CAP,
+    REPLY_INDEX_TOKENS,
+    SEPARATOR,
+    NgramIndex,
+    ReplyIndex,
+    draft,
+)
 
 
 def test_own_context_proposes_what_followed_its_last_ngram_before():
@@ -53,3 +60,13 @@ def test_of_several_occurrences_the_one_preceded_by_more_of_the_row_wins():
     replies.add([7, 3, 4, 5, 8])  # the latest "3 4 5", but preceded by 7
     assert replies.follow([0, 1, 2, 3, 4, 5], 3) == (5, [9])
     assert replies.follow([0, 7, 3, 4, 5], 3) == (4, [8])
+
+
+def test_an_earlier_reply_agreeing_from_its_first_token_outranks_the_rows_own_repetitions():
+    replies = ReplyIndex()
+    replies.add([5, 6, 5, 6, 7])
+    row = NgramIndex([5, 6, 5, 6, 9, 5, 6])  # prompt [5, 6, 5, 6, 9], reply so far [5, 6]
+    assert row.follow(row.tokens, 2) == (2, [9, 5])  # own context: the prompt's latest "5 6"
+    assert replies.follow(row.tokens, 2, reply_start=5)[0] == MATCH_CAP
+    assert draft(row, replies, 2, reply_start=5) == [5, 6]
+    assert draft(row, replies, 2) == [9, 5]  # without knowing where the reply starts, the own context's tie wins

@@ -77,11 +77,12 @@ def _latest_version(train_dir: Path) -> Path:
     return versions[-1]
 
 
-# Seconds per optimizer step of the demo's fit (batch 4, SmolLM2-135M, LoRA on attention + MLP) on
-# a 2-core AMD EPYC with AVX512-BF16: 893 s for 99 steps with bf16-mixed on the recovery data (its
-# samples carry the mistake and its error as context: plain oracle data, 745 s for 99 steps = 7.5 s);
-# fp32 measured 1.9x slower there (docs/training-notes.md). Other CPUs differ: the report shows the projection.
-SECONDS_PER_STEP = {"bf16-mixed": 9.0, "32-true": 17.1}
+# Seconds per optimizer step of the demo's fit (batch 4, SmolLM2-135M, LoRA on attention + MLP, the
+# recovery data, whose samples carry the mistake and its error as context): bf16-mixed on a 2-core
+# AMD EPYC with AVX512-BF16, 893 s for 99 steps (plain oracle data: 7.5 s/step); 32-true on a 2-core
+# AMD EPYC without AVX-512, where the demo trains fp32, 280 s for 30 steps (2026-12-06; fp32 on the
+# AVX512 machine measured 17.1 s, docs/training-notes.md). Other CPUs differ: the report shows the projection.
+SECONDS_PER_STEP = {"bf16-mixed": 9.0, "32-true": 9.3}
 MIN_STEPS_PER_EPOCH = 10  # below this the fit teaches nothing worth evaluating: the budget gives way
 REPORT_MARGIN_S = 60  # reports, plots and the model loads the projection does not count
 
@@ -108,7 +109,7 @@ def plan_steps(size: str, *, budget_s: float, elapsed_s: float, eval_s: float, p
     fits = int(left // (per_step * epochs)) if left > 0 else 0
     steps = max(MIN_STEPS_PER_EPOCH, fits)
     cpu = ("bf16 is fast on this CPU (AVX512-BF16/AMX)" if precision.startswith("bf16") else
-           "bf16 is emulated on this CPU, so training and evaluation run fp32 (1.9x slower per step, measured)")
+           "bf16 is emulated on this CPU, so training and evaluation run fp32")
     why = (f"{cpu}; budget {budget_s:.0f} s - {elapsed_s:.0f} s spent - {eval_s:.0f} s for the trained team's "
            f"evaluation (as long as the untrained one) - {REPORT_MARGIN_S} s = {max(0.0, left):.0f} s of training "
            f"at ~{per_step} s/step over {epochs} epochs = {fits} steps per epoch")
@@ -269,8 +270,8 @@ def demo(
         improve_samples: episodes per train task and round.
         improve_temperature: sampling temperature of the improve rounds.
         size: optimizer steps per epoch of the fit: auto = what ``time_budget_s`` leaves after the
-            untrained team's measured evaluation (a CPU without fast bf16 trains fp32, ~1.9x slower
-            per step, so it gets fewer steps) | full = no cap | steps = ``steps_per_epoch``. The
+            untrained team's measured evaluation (a CPU without fast bf16 trains and evaluates
+            fp32) | full = no cap | steps = ``steps_per_epoch``. The
             report says what was picked and the arithmetic.
         time_budget_s: size auto: the wall time the whole run should fit in.
         steps_per_epoch: size steps: optimizer steps per epoch.

@@ -11,9 +11,9 @@ the row's last n tokens and propose what came after it. Two places are searched:
   family write the same code with other names and values, so one episode's reply drafts the next.
 
 Each place proposes what followed an earlier occurrence of the row's last 3 (else 2) tokens: of its
-latest few occurrences, the one preceded by more of the row's tokens (a reply that repeats an
-earlier reply matches it back to the reply's start); between the places, again the longer match,
-the row's own context at equal length.
+latest few occurrences, the one preceded by more of the row's tokens (an earlier reply that agrees
+with the row's whole reply so far, from its first token, ranks first); between the places, again
+the longer match, the row's own context at equal length.
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ class NgramIndex:
         self._follows: dict[tuple[int, ...], list[int]] = {}  # n-gram -> index of the token after each latest occurrence
         self._indexed = 0
 
-    def follow(self, tail: list[int], limit: int) -> tuple[int, list[int]]:
+    def follow(self, tail: list[int], limit: int, reply_start: int | None = None) -> tuple[int, list[int]]:
         """(match, up to ``limit`` tokens that followed an earlier occurrence of ``tail``'s last n tokens).
 
-        Of the latest ``OCCURRENCES`` occurrences, the one preceded by more of ``tail``'s tokens wins:
+        Of the latest ``OCCURRENCES`` occurrences, the one preceded by more of ``tail``'s tokens wins
+        (then the one with the longer guess):
         ``match`` is how many tokens there equal the end of ``tail`` (at least n, at most
         ``MATCH_CAP``; the longer, the likelier the guess). (0, []) when none of ``NGRAMS`` occurred.
         The list's own last n-gram counts only at an earlier position, so an index of a row's context
-        proposes what followed it before.
+        proposes what followed it before. ``reply_start``: where the row's reply begins in ``tail``;
+        an earlier reply that agrees with all of it, from its first token, ranks highest (``MATCH_CAP``).
         """
         tokens = self.tokens
         for end in range(max(self._indexed, 1), len(tokens)):  # n-gram tokens[end-n:end] was followed by tokens[end]
@@ -62,7 +64,10 @@ class NgramIndex:
                 match = n
                 while match < min(MATCH_CAP, end, len(tail)) and tokens[end - match - 1] == tail[-match - 1]:
                     match += 1
-                if guess and match > best_match:
+                begins_a_reply = end == match or tokens[end - match - 1] == SEPARATOR
+                if len(tail) - match == reply_start and begins_a_reply:
+                    match = MATCH_CAP  # the same reply so far, from its first token
+                if guess and (match, len(guess)) > (best_match, len(best)):  # a run's latest occurrence has no future
                     best, best_match = guess, match
             if best:
                 return best_match, best
@@ -81,12 +86,13 @@ class ReplyIndex(NgramIndex):
         self.tokens.append(SEPARATOR)
 
 
-def draft(context: NgramIndex, replies: NgramIndex | None, limit: int) -> list[int]:
-    """Up to ``limit`` guessed tokens after ``context``'s last token (see the module docstring)."""
+def draft(context: NgramIndex, replies: NgramIndex | None, limit: int, reply_start: int | None = None) -> list[int]:
+    """Up to ``limit`` guessed tokens after ``context``'s last token (see the module docstring);
+    ``reply_start``: where the row's reply begins in its context."""
     if limit <= 0:
         return []
     own_n, own = context.follow(context.tokens, limit)
     if replies is None:
         return own
-    other_n, other = replies.follow(context.tokens, limit)
+    other_n, other = replies.follow(context.tokens, limit, reply_start)
     return other if other_n > own_n else own

@@ -318,7 +318,7 @@ class LocalEngine(StreamingPolicy):
 
     def _draft(self, row: _Row, limit: int) -> list[int]:
         replies = self._replies.get(row.adapter) if self._replies is not None else None
-        return draft(row.context, replies, limit)
+        return draft(row.context, replies, limit, reply_start=len(row.ids))
 
     def _finish(self, slot: int) -> None:
         row = self._rows[slot]
