@@ -3,8 +3,8 @@
 A decode step may feed, after a row's next token, a guess of the tokens that follow it; the model's
 own pick at every fed position says how much of the guess to keep, so a good guess saves forward
 passes and a bad one costs only the extra positions of that pass (the reply is unchanged). Agents
-repeat themselves, so the guess is a lookup, not a model: find the latest earlier occurrence of
-the row's last n tokens and propose what came after it. Two places are searched:
+repeat themselves, so the guess is a lookup, not a model: find an earlier occurrence of the row's
+last n tokens and propose what came after it. Two places are searched:
 
 - the row's own context (prompt lookup): API names, arguments and its own earlier code;
 - the replies the same adapter (role) finished before, in any episode: episodes of one task
@@ -26,7 +26,7 @@ REPLY_INDEX_TOKENS = 65_536  # a reply index past this many tokens starts again 
 
 
 class NgramIndex:
-    """Where each n-gram of a growing token list last occurred (indexed lazily, as the list grows)."""
+    """Where each n-gram of a growing token list occurred lately (indexed lazily, as the list grows)."""
 
     def __init__(self, tokens: list[int] | None = None):
         self.tokens = tokens if tokens is not None else []  # shared, not copied: the owner appends to it
@@ -36,10 +36,10 @@ class NgramIndex:
     def follow(self, tail: list[int], limit: int, reply_start: int | None = None) -> tuple[int, list[int]]:
         """(match, up to ``limit`` tokens that followed an earlier occurrence of ``tail``'s last n tokens).
 
-        Of the latest ``OCCURRENCES`` occurrences, the one preceded by more of ``tail``'s tokens wins
-        (then the one with the longer guess):
-        ``match`` is how many tokens there equal the end of ``tail`` (at least n, at most
-        ``MATCH_CAP``; the longer, the likelier the guess). (0, []) when none of ``NGRAMS`` occurred.
+        Of the latest ``OCCURRENCES`` occurrences, the one preceded by more of ``tail``'s tokens wins,
+        then the one with the longer guess. ``match`` is how many tokens there equal the end of
+        ``tail`` (at least n, at most ``MATCH_CAP``; the longer, the likelier the guess). (0, []) when
+        none of ``NGRAMS`` occurred.
         The list's own last n-gram counts only at an earlier position, so an index of a row's context
         proposes what followed it before. ``reply_start``: where the row's reply begins in ``tail``;
         an earlier reply that agrees with all of it, from its first token, ranks highest (``MATCH_CAP``).

@@ -36,8 +36,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import packed_linear
-
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 MERGE_LIMIT_BYTES = 4 << 30  # merged copies of the adapted weights beyond this are not made
 
@@ -58,14 +56,9 @@ class _Stack:
 class GroupedLoRA:
     """The LoRA layers of a PEFT model, ready to run mixed-adapter batches in one pass each."""
 
-    def __init__(self, model, merge: bool = True, pack: bool = True):
-        """``merge``: run batches whose rows share one adapter on merged weights (within ``MERGE_LIMIT_BYTES``);
-        ``pack``: compute the layers' weights through oneDNN's packed float32 linear where the CPU
-        build has it (:mod:`~prost_lightning.agents.packed_linear`)."""
+    def __init__(self, model, merge: bool = True):
+        """``merge``: run batches whose rows share one adapter on merged weights (within ``MERGE_LIMIT_BYTES``)."""
         self.layers = [m for _, m in model.named_modules() if _is_lora_linear(m)]
-        self.packing = pack and bool(self.layers) and all(packed_linear.supported(m.base_layer.weight)
-                                                          for m in self.layers)
-        self._packed_base: dict[int, torch.Tensor] = {}
         self._stacks: dict[int, _Stack] = {}
         self._fingerprint: tuple = ()
         self._routes: dict[tuple, torch.Tensor] = {}
@@ -94,10 +87,6 @@ class GroupedLoRA:
             return
         self._stacks = {id(m): _stack(m) for m in self.layers}
         self._merged = {id(m): _merge(m) for m in self.layers} if self.merging else {}
-        if self.packing:
-            self._merged = {k: {name: packed_linear.pack(w) for name, w in ws.items()} for k, ws in self._merged.items()}
-            if not self._packed_base:  # the base weights do not change between rollouts
-                self._packed_base = {id(m): packed_linear.pack(m.base_layer.weight) for m in self.layers}
         self._fingerprint = fingerprint
 
     def route(self, adapters: Sequence[str]) -> None:
@@ -119,8 +108,7 @@ class GroupedLoRA:
         for layer in self.layers:
             stack = self._stacks[id(layer)]
             layer.forward = _grouped_forward(layer.base_layer, stack, self._routes, stack.signature,
-                                             self._merged.get(id(layer), {}), self._shared,
-                                             self._packed_base.get(id(layer)))
+                                             self._merged.get(id(layer), {}), self._shared)
         try:
             yield self
         finally:
@@ -169,18 +157,14 @@ def _merge(layer) -> dict[str, torch.Tensor]:
     return merged
 
 
-def _grouped_forward(base_layer, stack: _Stack, routes: dict, signature: tuple, merged: dict, shared: list,
-                     packed_base: torch.Tensor | None):
+def _grouped_forward(base_layer, stack: _Stack, routes: dict, signature: tuple, merged: dict, shared: list):
     lora_a, lora_b = stack.lora_a, stack.lora_b
-    # packed weights (base and merged alike) go through oneDNN; plain ones through F.linear
-    dense = F.linear if packed_base is None else packed_linear.linear
-    base_weight = base_layer.weight if packed_base is None else packed_base
-    bias = base_layer.bias
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if shared[0] is not None:  # one adapter (or none) for every row
-            return dense(x, merged.get(shared[0], base_weight), bias)
-        result = dense(x, base_weight, bias)
+            weight = merged.get(shared[0])
+            return base_layer(x, *args, **kwargs) if weight is None else F.linear(x, weight, base_layer.bias)
+        result = base_layer(x, *args, **kwargs)
         hidden = F.linear(x.to(lora_a.dtype), lora_a) * routes[signature]
         return (result + F.linear(hidden, lora_b)).to(result.dtype)
 

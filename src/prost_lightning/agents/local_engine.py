@@ -114,7 +114,7 @@ class LocalEngine(StreamingPolicy):
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
                  cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
                  draft_tokens: int = 4, step_tokens: int = 16, drafts_from_replies: bool = True,
-                 merged_adapters: bool = True, packed_weights: bool = True, fold_query_groups: bool = True):
+                 merged_adapters: bool = True, fold_query_groups: bool = True):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -134,8 +134,6 @@ class LocalEngine(StreamingPolicy):
                 before (other episodes of the same role), not only in the row's own context.
             merged_adapters: a step whose rows share one adapter runs on that adapter's merged
                 weights (one copy of the adapted weights per role in memory; see grouped_lora).
-            packed_weights: on CPUs in float32, the adapted layers' weights are packed for oneDNN
-                once (:mod:`~prost_lightning.agents.packed_linear`): small-batch products cost less.
             fold_query_groups: steps of several tokens per row attend on the cache's key/value heads
                 as they are (gqa_attention); False: transformers' attention, which copies them.
         """
@@ -162,8 +160,7 @@ class LocalEngine(StreamingPolicy):
         self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5 renamed the cache argument; older releases only know past_key_values
         self._cache_arg = "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
-        self._lora = (GroupedLoRA(model, merge=merged_adapters, pack=packed_weights)
-                      if self.mixed and GroupedLoRA.supports(model) else None)
+        self._lora = GroupedLoRA(model, merge=merged_adapters) if self.mixed and GroupedLoRA.supports(model) else None
         self._slots = _slot_cache(self._base)
         self._rows: list[_Row] = []  # the running batch, in slot order
         self._waiting: deque[_Row] = deque()

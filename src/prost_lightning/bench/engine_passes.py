@@ -15,8 +15,6 @@ often), which changes only how many drafts are kept. The variants differ in how 
 - ``engine``: the local engine as shipped (merged weights for steps whose rows share one adapter,
   stacked adapters for mixed steps, query groups folded in multi-token steps, drafts);
 - ``unmerged``: every step through the stacked adapters (what merging saves);
-- ``unpacked``: weights through torch's plain ``linear``, not oneDNN's packed one (what packing
-  saves; packing applies to float32 on CPUs only, so in bf16 this equals ``engine``);
 - ``transformers_attention``: multi-token steps through ``transformers``' sdpa, which copies the
   cache's key/value heads (what the fold saves);
 - ``no_drafts``: one token per row and step (what drafts save, in passes and in time);
@@ -44,7 +42,6 @@ WORKLOADS = {"team": "planner_executor", "single": "single"}  # workload -> the 
 VARIANTS = {  # name -> LocalEngine arguments
     "engine": {},
     "unmerged": {"merged_adapters": False},
-    "unpacked": {"packed_weights": False},
     "transformers_attention": {"fold_query_groups": False},
     "no_drafts": {"draft_tokens": 0},
     "own_drafts": {"drafts_from_replies": False},
