@@ -39,8 +39,7 @@ class NgramIndex:
         Of the latest ``OCCURRENCES`` occurrences, the one preceded by more of ``tail``'s tokens wins,
         then the one with the longer guess. ``match`` is how many tokens there equal the end of
         ``tail`` (at least n, at most ``MATCH_CAP``; the longer, the likelier the guess). (0, []) when
-        none of ``NGRAMS`` occurred.
-        The list's own last n-gram counts only at an earlier position, so an index of a row's context
+        none of ``NGRAMS`` occurred. The list's own last n-gram counts only at an earlier position, so an index of a row's context
         proposes what followed it before. ``reply_start``: where the row's reply begins in ``tail``;
         an earlier reply that agrees with all of it, from its first token, ranks highest (``MATCH_CAP``).
         """
@@ -64,8 +63,7 @@ class NgramIndex:
                 match = n
                 while match < min(MATCH_CAP, end, len(tail)) and tokens[end - match - 1] == tail[-match - 1]:
                     match += 1
-                begins_a_reply = end == match or tokens[end - match - 1] == SEPARATOR
-                if len(tail) - match == reply_start and begins_a_reply:
+                if len(tail) - match == reply_start and (end == match or tokens[end - match - 1] == SEPARATOR):
                     match = MATCH_CAP  # the same reply so far, from its first token
                 if guess and (match, len(guess)) > (best_match, len(best)):  # a run's latest occurrence has no future
                     best, best_match = guess, match
@@ -86,7 +84,7 @@ class ReplyIndex(NgramIndex):
         self.tokens.append(SEPARATOR)
 
 
-def draft(context: NgramIndex, replies: NgramIndex | None, limit: int, reply_start: int | None = None) -> list[int]:
+def draft(context: NgramIndex, replies: ReplyIndex | None, limit: int, reply_start: int | None = None) -> list[int]:
     """Up to ``limit`` guessed tokens after ``context``'s last token (see the module docstring);
     ``reply_start``: where the row's reply begins in its context."""
     if limit <= 0:
