@@ -75,6 +75,10 @@ demo-seeds: install model ## the demo at seeds 1 and 2 beside `make demo`'s seed
 	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s2 --root $(WORLD) --seed 2
 	$(BIN)/prost demo-seeds --runs '[runs/demo, runs/demo_s1, runs/demo_s2]' --out runs/demo/seeds.md
 
+DEMO_TABLE_ARGS ?=
+demo-table: install model ## the README's table: the demo's recipes (oracle, +recovery, +improve) x 3 seeds; hours on CPU, resumable
+	WANDB_MODE=offline $(BIN)/prost demo-table --root $(WORLD) $(DEMO_TABLE_ARGS)
+
 SIZE ?= cpu
 ABLATIONS ?= false
 WANDB ?= false
@@ -104,4 +108,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds sweep results known-apis bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds demo-table sweep results known-apis bench lint clean

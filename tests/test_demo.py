@@ -1,7 +1,9 @@
 """The main job end to end on the tiny model: every phase runs on the real mini-world and writes the report.
 
 `make demo` runs the same code on SmolLM2 (minutes); here the team is a random tiny model, so the
-test checks the pipeline and the report's bookkeeping, not that training helps.
+tests check the pipeline and the report's bookkeeping, not that training helps. The demo runs twice,
+as two cells of `prost demo-table` (oracle and recovery data at seed 0), once for the whole module:
+the report checks read the recovery cell, the table checks both and their resumption.
 """
 
 from __future__ import annotations
@@ -11,13 +13,30 @@ from pathlib import Path
 
 import pytest
 
-from prost_lightning.demo import _train_tasks, demo
+from prost_lightning import demo_table as table_module
+from prost_lightning.demo import _train_tasks
+from prost_lightning.demo_table import demo_table, render_table
 from prost_lightning.env.tasks import load_task_ids
+from prost_lightning.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.appworld
 
 
+@pytest.fixture(scope="module")
+def cells(mini_world_root, tmp_path_factory):
+    """Two real demo cells (oracle, recovery; seed 0) through `prost demo-table`: (folder, options, table)."""
+    folder = tmp_path_factory.mktemp("demo_table")
+    (folder / "README.md").write_text("intro\n<!-- demo-table -->\nold table\n<!-- /demo-table -->\nafter\n")
+    options = dict(out=str(folder / "cells"), root=str(mini_world_root), recipes=["oracle", "recovery"], seeds=[0],
+                   steps_per_epoch=3, summary=str(folder / "table.json"), table=str(folder / "table.md"),
+                   readme=str(folder / "README.md"), config=str(REPO / "experiments" / "demo.yaml"), base_model="tiny",
+                   eval_scenarios=1, train_variants=1, pool_size=3,
+                   fit_args=["--trainer.max_epochs", "2", "--data.batch_size", "8",
+                             "--data.max_length", "4096"])  # the tiny tokenizer is byte-level
+    return folder, options, demo_table(**options)
+
+
+@pytest.mark.appworld
 def test_train_tasks_rotate_the_variants_across_scenarios(mini_world_root):
     train = load_task_ids(mini_world_root, "train")
     scenarios = {t.rsplit("_", 1)[0] for t in train}
@@ -29,15 +48,10 @@ def test_train_tasks_rotate_the_variants_across_scenarios(mini_world_root):
     assert _train_tasks(mini_world_root, None) == train
 
 
-def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, tmp_path):
-    report = demo(out=str(tmp_path), root=str(mini_world_root), config=str(REPO / "experiments" / "demo.yaml"),
-                  base_model="tiny", train_variants=1, eval_scenarios=1, pool_size=3, size="steps", steps_per_epoch=3,
-                  fit_args=["--trainer.max_epochs", "2", "--data.batch_size", "8",
-                            "--data.max_length", "4096"],  # the tiny tokenizer is byte-level
-                  prompt_dir=str(REPO / "experiments" / "prompts" / "compact"))
-    on_disk = json.loads((tmp_path / "report.json").read_text())
-    assert on_disk == json.loads(json.dumps(report))
-
+@pytest.mark.appworld
+def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, cells):
+    tmp_path = cells[0] / "cells" / "recovery_s0"
+    report = json.loads((tmp_path / "report.json").read_text())
     assert report["eval_splits"] == ["test_normal", "test_challenge"]
     for split in report["eval_splits"]:  # one whole scenario of each held-out split
         held_out = report["eval_tasks"][split]
@@ -133,3 +147,83 @@ def test_seeds_table_gives_mean_spread_and_the_runs_that_beat_the_untrained_team
 
     with pytest.raises(ConfigError, match="does not exist"):
         seeds_table([str(tmp_path / "s0"), str(tmp_path / "missing")])
+
+
+class _Stopped(Exception):
+    pass
+
+
+@pytest.mark.appworld
+def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, monkeypatch):
+    tmp_path, options, table = cells
+    readme = tmp_path / "README.md"
+
+    records = json.loads((tmp_path / "table.json").read_text())["cells"]
+    assert sorted(records) == ["oracle_s0", "recovery_s0"]
+    reports = {name: json.loads((tmp_path / "cells" / name / "report.json").read_text()) for name in records}
+    oracle, recovery = reports["oracle_s0"]["recipe"], reports["recovery_s0"]["recipe"]
+    # the recipes differ in their data alone: the recovery cell trains on mistakes and repairs
+    assert oracle["perturb"] == 0 and oracle["subtasks_with_mistake"] == 0
+    assert recovery["perturb"] == 0.3 and recovery["subtasks_with_mistake"] > 0
+    assert oracle["size"] == recovery["size"] == "steps" and oracle["steps_per_epoch"] == 3
+    # the untrained team was evaluated once; the second cell copied its episodes and summaries
+    assert oracle["untrained_eval"] == "measured in this run" and recovery["untrained_eval"].startswith("reused from")
+    for split in ("test_normal", "test_challenge"):
+        first, second = (tmp_path / "cells" / name / "eval" / f"untrained_{split}.jsonl" for name in records)
+        assert first.read_bytes() == second.read_bytes() and first.read_bytes()
+        assert reports["oracle_s0"]["untrained"][split] == reports["recovery_s0"]["untrained"][split]
+    assert records["recovery_s0"]["trained"]["test_normal"]["tgc"] == reports["recovery_s0"]["trained"]["test_normal"]["goal"]["tgc"]
+
+    assert "| oracle only | 1 of 1 (0) |" in table and "| + recovery data | 1 of 1 (0) |" in table
+    assert "| untrained team | - |" in table and "2 of 2 cells finished" in table
+    assert (tmp_path / "table.md").read_text() == table
+    assert readme.read_text() == f"intro\n<!-- demo-table -->\n{table}<!-- /demo-table -->\nafter\n"
+
+    # resumed: finished cells are not run again ...
+    ran: list[list[str]] = []
+
+    def record(command, what, again):
+        ran.append(command)
+        raise _Stopped
+
+    monkeypatch.setattr(table_module, "_run", record)
+    assert demo_table(**options) == table and ran == []
+    # ... a cell without a summary (killed before it finished) is redone from scratch, alone
+    del records["recovery_s0"]
+    (tmp_path / "table.json").write_text(json.dumps({"cells": records}))
+    with pytest.raises(_Stopped):
+        demo_table(**options)
+    assert len(ran) == 1 and str(tmp_path / "cells" / "recovery_s0") in ran[0]
+    assert not (tmp_path / "cells" / "recovery_s0").exists()  # what the killed attempt left is not trusted
+    # other settings are refused, not mixed into the same table
+    with pytest.raises(ConfigError, match="steps_per_epoch"):
+        demo_table(**{**options, "steps_per_epoch": 2})
+
+
+def _record(recipe: str, seed: int, normal: float, challenge: float) -> dict:
+    def split(tgc: float, tasks: int, errors: dict) -> dict:
+        return {"tgc": tgc, "sgc": tgc / 2, "failures": {}, "subtask_error_rates": errors}
+
+    return {"cell": f"{recipe}_s{seed}", "recipe": recipe, "seed": seed, "tasks": {"test_normal": 30, "test_challenge": 15},
+            "settings": {"steps_per_epoch": None, "config": "experiments/demo.yaml", "base_model": "smollm2"},
+            "untrained": {"test_normal": split(0.0, 30, {}), "test_challenge": split(0.0, 15, {})},
+            "trained": {"test_normal": split(normal, 30, {"2": 0.5, "3": 0.1}),
+                        "test_challenge": split(challenge, 15, {"2": 0.2, "5": 0.6})},
+            "training": {"steps": 200 + seed}, "precision": "32-true", "wall_time_s": {"total": 3000.0},
+            "commit": "abc1234", "machine": "a CPU"}
+
+
+def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_worst_subtask():
+    cells = {r["cell"]: r for r in (_record("oracle", 0, 50.0, 0.0), _record("oracle", 1, 40.0, 20.0),
+                                    _record("oracle", 2, 30.0, 10.0), _record("recovery", 0, 10.0, 10.0))}
+    table = render_table(cells, ["oracle", "recovery", "improve"], [0, 1, 2], "prost demo-table")
+    oracle = next(line for line in table.splitlines() if line.startswith("| oracle only"))
+    assert oracle.startswith("| oracle only | 3 of 3 (0, 1, 2) | 40.0 ± 10.0 (50.0, 40.0, 30.0) | 20.0 ± 5.0 ")
+    assert "| 10.0 ± 10.0 (0.0, 20.0, 10.0) |" in oracle
+    assert "| 2 of 3 |" in oracle  # seed 0 does not beat the untrained team on test_challenge
+    # k=2: (0.5 * 30 + 0.2 * 15) per seed of 45 episodes = 40 %; k=5: 9 of 45 = 20 %
+    assert oracle.endswith("| k=2 (40 %) |")
+    assert "| + recovery data | 1 of 3 (0) | 10.0 ± 0.0 (10.0) |" in table
+    assert "| + recovery + 1 self-improvement round | 0 of 3 |" in table
+    assert "4 of 9 cells finished" in table and "200-202 optimizer steps" in table
+    assert "every batch of every epoch" in table

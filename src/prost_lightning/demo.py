@@ -174,6 +174,41 @@ def evaluate_phase(name: str, adapters: Path, held_out: dict[str, list[str]], ou
     return results
 
 
+def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir: Path, *, roles: list[str],
+                    shared: Path | None, evaluation: dict) -> tuple[dict[str, dict], float | None]:
+    """The untrained team's evaluation, and the seconds it took when ``shared`` already held it (else None).
+
+    The untrained team is the base model behind zero-initialised adapters, decoded greedily, so its
+    evaluation depends on the evaluation settings alone, never on the fit's seed or data: runs that
+    share them (`prost demo-table`'s cells) evaluate it once into ``shared`` and copy it from there.
+    """
+    from dataclasses import asdict
+
+    from prost_lightning.model import RoleLoRAModule
+
+    settings = {"held_out": held_out, "roles": roles, **{k: (asdict(v) if k == "limits" else str(v) if
+                                                             isinstance(v, Path) else v) for k, v in evaluation.items()}}
+    files = {split: f"untrained_{split}.jsonl" for split in held_out}
+    record = shared / "untrained.json" if shared else None
+    if record and record.is_file():
+        kept = json.loads(record.read_text())
+        if kept.get("settings") == settings and all((shared / f).is_file() for f in files.values()):
+            for name in files.values():
+                write_atomic(out_dir / "eval" / name, (shared / name).read_bytes())
+            print(f"[demo] eval_untrained: reused from {shared} (same settings; measured in {kept['seconds']:.0f} s)")
+            return kept["summaries"], kept["seconds"]
+    started = time.monotonic()
+    # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
+    RoleLoRAModule(base_model=evaluation["base_model"], roles=roles).export_adapters(untrained_dir)
+    summaries = evaluate_phase("untrained", untrained_dir, held_out, out_dir, **evaluation)
+    if record:
+        for name in files.values():
+            write_atomic(shared / name, (out_dir / "eval" / name).read_bytes())
+        write_atomic(record, json.dumps({"settings": settings, "seconds": round(time.monotonic() - started, 1),
+                                         "summaries": summaries}, indent=2) + "\n")  # last: the files are complete
+    return summaries, None
+
+
 def fine_tune_phase(config: str, train_file: Path, train_dir: Path, *, precision: str, base_model: str,
                     roles: list[str], steps_per_epoch: int | None, fit_args: list[str]) -> Path:
     from prost_lightning.cli import lightning_main
@@ -246,6 +281,7 @@ def demo(
     max_subtasks: int = 5,
     engine: str = "hf",
     seed: int = 0,
+    untrained_eval: str | None = None,
 ) -> dict:
     """Run the main job end to end on the embedded defaults and write the report.
 
@@ -288,11 +324,13 @@ def demo(
             vllm (a managed vLLM server, `make serve-venv`; for GPUs).
         seed: seed of the fit (LoRA initialisation and batch order); the teacher data stays the same
             (``perturb_seed``), so runs of several seeds differ by training alone (`prost demo-seeds`).
+        untrained_eval: a folder shared by runs of the same evaluation settings: the untrained team
+            is evaluated into it once and copied from it after (it depends on those settings alone:
+            greedy decoding, zero-initialised adapters); null = evaluate it in this run.
     """
     from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits
     from prost_lightning.env import world
-    from prost_lightning.model import RoleLoRAModule
 
     started = time.monotonic()
     out_dir, root_dir = Path(out), Path(root)
@@ -328,13 +366,11 @@ def demo(
     evaluation = dict(system=system, root=root_dir, base_model=base_model, limits=limits, pool_size=pool_size,
                       engine=engine, bf16=bf16, prompt_dir=prompt_dir)
 
-    untrained_dir = out_dir / "untrained_adapters"
-    # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
-    RoleLoRAModule(base_model=base_model, roles=roles).export_adapters(untrained_dir)
-    before = evaluate_phase("untrained", untrained_dir, held_out, out_dir, **evaluation)
+    before, reused_s = untrained_phase(out_dir / "untrained_adapters", held_out, out_dir, roles=roles,
+                                       shared=Path(untrained_eval) if untrained_eval else None, evaluation=evaluation)
     t = phase("eval_untrained", t)
     sizing = plan_steps(size, budget_s=time_budget_s, elapsed_s=time.monotonic() - started,
-                        eval_s=phases["eval_untrained"], precision=precision, steps_per_epoch=steps_per_epoch,
+                        eval_s=reused_s or phases["eval_untrained"], precision=precision, steps_per_epoch=steps_per_epoch,
                         epochs=_epochs(config, list(fit_args or [])) + improve_rounds)  # a round resumes for one epoch
     print(f"[demo] size {sizing['size']}: {sizing['steps_per_epoch'] or 'all'} steps per epoch ({sizing['why']})")
 
@@ -360,6 +396,7 @@ def demo(
 
     fit_summary_path = version / "fit_summary.json"
     recipe = {**_recipe(perturb, improve_rounds, improve_samples, limits), "perturb_seed": perturb_seed, **data,
+              "untrained_eval": f"reused from {untrained_eval}" if reused_s is not None else "measured in this run",
               "seed": seed, "train_tasks": len(train_tasks), "train_variants": train_variants or 3, "size": sizing["size"],
               "size_reason": sizing["why"], "steps_per_epoch": sizing["steps_per_epoch"]}
     report = {
@@ -450,7 +487,8 @@ def render_markdown(report: dict) -> str:
         f"Recipe: {'; '.join(recipe['data'])}. {recipe['trajectories']} trajectories of {recipe['train_tasks']} train "
         f"tasks ({recipe['subtasks_with_mistake']} of {recipe['executor_subtasks']} executor sub-tasks start with a "
         f"mistake). Size `{recipe['size']}`: {recipe['size_reason']}. Budgets: {json.dumps(recipe['budgets'])}. "
-        f"Re-planning: {recipe['replanning']}.",
+        f"Re-planning: {recipe['replanning']}. Untrained team's evaluation: "
+        f"{recipe.get('untrained_eval', 'measured in this run')}.",
         "",
     ]
     for split in report["eval_splits"]:

@@ -164,13 +164,13 @@ def _latest_version(folder: Path) -> Path:
     return versions[-1]
 
 
-def _run(command: list[str], what: str) -> float:
+def _run(command: list[str], what: str, again: str = "prost results") -> float:
     print(f"$ {show(command)}", flush=True)
     started = time.monotonic()
     code = subprocess.run(command).returncode
     if code != 0:
         raise ResultsError(f"{what} failed (exit {code}): {show(command)}; its output is above. "
-                           "Run `prost results` again to redo this cell (finished cells are kept)")
+                           f"Run `{again}` again to redo this cell (finished cells are kept)")
     return round(time.monotonic() - started, 1)
 
 
