@@ -70,11 +70,6 @@ debug: install ## the debug experiment: tiny model, fixture trajectories, 3 epoc
 demo: install model ## the main job: mini-world, oracle data, SmolLM2 team before/after ProST (< 30 min, CPU)
 	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo --root $(WORLD)
 
-demo-seeds: install model ## the demo at seeds 1 and 2 beside `make demo`'s seed 0, then mean and spread (~1 h, CPU)
-	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s1 --root $(WORLD) --seed 1
-	WANDB_MODE=offline $(BIN)/prost demo --out runs/demo_s2 --root $(WORLD) --seed 2
-	$(BIN)/prost demo-seeds --runs '[runs/demo, runs/demo_s1, runs/demo_s2]' --out runs/demo/seeds.md
-
 DEMO_TABLE_ARGS ?=
 demo-table: install model ## the README's table: the demo's recipes (oracle, +recovery, +improve) x 3 seeds; hours on CPU, resumable
 	WANDB_MODE=offline $(BIN)/prost demo-table --root $(WORLD) $(DEMO_TABLE_ARGS)
@@ -108,4 +103,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-seeds demo-table sweep results known-apis bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-table sweep results known-apis bench lint clean

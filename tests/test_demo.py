@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from prost_lightning import demo_table as table_module
-from prost_lightning.demo import _train_tasks
+from prost_lightning.demo import _train_tasks, demo
 from prost_lightning.demo_table import demo_table, render_table
 from prost_lightning.env.tasks import load_task_ids
 from prost_lightning.errors import ConfigError
@@ -121,34 +121,6 @@ def test_auto_size_fits_the_fit_into_what_the_budget_leaves_and_says_so():
     assert _epochs(config, []) == 3 and _epochs(config, ["--trainer.max_epochs", "2"]) == 2
 
 
-def _seed_report(folder: Path, seed: int, trained_tgc: dict[str, float]) -> None:
-    split_tasks = {"test_normal": ["a_1", "a_2"], "test_challenge": ["b_1"]}
-    goal = lambda tgc: {"goal": {"tgc": tgc, "sgc": tgc / 2}}  # noqa: E731
-    folder.mkdir()
-    (folder / "report.json").write_text(json.dumps({
-        "eval_splits": list(split_tasks), "eval_tasks": split_tasks, "recipe": {"seed": seed},
-        "untrained": {s: goal(0.0) for s in split_tasks}, "trained": {s: goal(v) for s, v in trained_tgc.items()},
-        "wall_time_s": {"total": 1500.0 + 60 * seed}}))
-
-
-def test_seeds_table_gives_mean_spread_and_the_runs_that_beat_the_untrained_team(tmp_path):
-    from prost_lightning.demo import seeds_table
-    from prost_lightning.errors import ConfigError
-
-    for seed, normal, challenge in ((0, 50.0, 0.0), (1, 40.0, 20.0), (2, 30.0, 10.0)):
-        _seed_report(tmp_path / f"s{seed}", seed, {"test_normal": normal, "test_challenge": challenge})
-    table = seeds_table([str(tmp_path / f"s{s}") for s in range(3)], out=str(tmp_path / "seeds.md"))
-    assert (tmp_path / "seeds.md").read_text() == table
-    normal = next(line for line in table.splitlines() if line.startswith("| `test_normal`"))
-    assert "| 40.0 ± 10.0 (50.0, 40.0, 30.0) |" in normal and normal.endswith("| 3 of 3 |")
-    challenge = next(line for line in table.splitlines() if line.startswith("| `test_challenge`"))
-    assert "| 10.0 ± 10.0 (0.0, 20.0, 10.0) |" in challenge and challenge.endswith("| 2 of 3 |")
-    assert "seeds 0, 1, 2" in table and "26.0 ± 1.0" in table  # wall time in minutes
-
-    with pytest.raises(ConfigError, match="does not exist"):
-        seeds_table([str(tmp_path / "s0"), str(tmp_path / "missing")])
-
-
 class _Stopped(Exception):
     pass
 
@@ -178,6 +150,19 @@ def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, m
     assert "| untrained team | - |" in table and "2 of 2 cells finished" in table
     assert (tmp_path / "table.md").read_text() == table
     assert readme.read_text() == f"intro\n<!-- demo-table -->\n{table}<!-- /demo-table -->\nafter\n"
+
+    # an improve cell starts from its seed's recovery fit (they differ by the round alone), when it is on disk
+    recovery_fit = Path(reports["recovery_s0"]["run_dir"])
+    assert (recovery_fit / "adapters").is_dir()
+    assert table_module.shared_fit(records, tmp_path / "cells", "improve", 0) == recovery_fit
+    assert table_module.shared_fit(records, tmp_path / "cells", "improve", 1) is None  # no recovery cell of seed 1
+    assert table_module.shared_fit(records, tmp_path / "cells", "oracle", 0) is None
+    command = table_module.demo_command("improve", 0, tmp_path / "x", tmp_path / "u", records["oracle_s0"]["settings"],
+                                        options["root"], 3, fit_from=recovery_fit)
+    assert command[command.index("--fit_from") + 1] == str(recovery_fit)
+    assert command[command.index("--improve_rounds") + 1] == "1"
+    with pytest.raises(ConfigError, match="not a finished fit"):
+        demo(out=str(tmp_path / "bad"), root=options["root"], base_model="tiny", fit_from=str(tmp_path))
 
     # resumed: finished cells are not run again ...
     ran: list[list[str]] = []
@@ -225,5 +210,12 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     assert oracle.endswith("| k=2 (40 %) |")
     assert "| + recovery data | 1 of 3 (0) | 10.0 ± 0.0 (10.0) |" in table
     assert "| + recovery + 1 self-improvement round | 0 of 3 |" in table
+    improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0",
+                "improve": [{"sample_success": 12.5, "kept": 9, "train_trajectories": 102}]}
+    with_round = render_table({**cells, "improve_s0": improved}, ["oracle", "recovery", "improve"], [0, 1, 2], "x")
+    assert "improve_s0 abc1234 32-true 50 min (round 1: 12.5 % of sampled train episodes passed, 9 kept; " \
+           "fit of runs/r/version_0)" in with_round
     assert "4 of 9 cells finished" in table and "200-202 optimizer steps" in table
-    assert "every batch of every epoch" in table
+    assert "every batch of every epoch" in table and "differs between cells" not in table
+    cells["recovery_s0"]["untrained"]["test_normal"]["tgc"] = 3.3  # e.g. another machine decoding in bf16
+    assert "The untrained team's TGC differs between cells" in render_table(cells, ["oracle", "recovery"], [0, 1, 2], "x")

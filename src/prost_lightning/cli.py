@@ -38,7 +38,6 @@ VERBS: dict[str, str | dict[str, str]] = {
     "sweep": "prost_lightning.sweep:sweep",
     "results": "prost_lightning.results:results",
     "demo": "prost_lightning.demo:demo",
-    "demo-seeds": "prost_lightning.demo:seeds_table",
     "demo-table": "prost_lightning.demo_table:demo_table",
     "serve": "prost_lightning.serving.server:serve",
     "improve": "prost_lightning.improve:improve",

@@ -209,6 +209,11 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
     return summaries, None
 
 
+def finished_fit(version: Path) -> bool:
+    """A fit folder (lightning_logs/version_N) with exported adapters and a checkpoint to resume from."""
+    return (version / "adapters").is_dir() and any((version / "checkpoints").glob("*.ckpt"))
+
+
 def fine_tune_phase(config: str, train_file: Path, train_dir: Path, *, precision: str, base_model: str,
                     roles: list[str], steps_per_epoch: int | None, fit_args: list[str]) -> Path:
     from prost_lightning.cli import lightning_main
@@ -282,6 +287,7 @@ def demo(
     engine: str = "hf",
     seed: int = 0,
     untrained_eval: str | None = None,
+    fit_from: str | None = None,
 ) -> dict:
     """Run the main job end to end on the embedded defaults and write the report.
 
@@ -323,10 +329,13 @@ def demo(
             fastest on CPU, `prost bench --only rollout_engines`) | hf_generate (plain generate) |
             vllm (a managed vLLM server, `make serve-venv`; for GPUs).
         seed: seed of the fit (LoRA initialisation and batch order); the teacher data stays the same
-            (``perturb_seed``), so runs of several seeds differ by training alone (`prost demo-seeds`).
+            (``perturb_seed``), so runs of several seeds differ by training alone (`prost demo-table`).
         untrained_eval: a folder shared by runs of the same evaluation settings: the untrained team
             is evaluated into it once and copied from it after (it depends on those settings alone:
             greedy decoding, zero-initialised adapters); null = evaluate it in this run.
+        fit_from: a finished fit of this run's data, config, size and seed (a lightning_logs/version_N
+            folder) to take instead of fitting again: `prost demo-table` gives an improve cell the
+            fit of the recovery cell of its seed, so the two differ by the self-improvement round alone.
     """
     from prost_lightning.agents import system_roles
     from prost_lightning.agents.episode import Limits
@@ -338,6 +347,9 @@ def demo(
     write_atomic(out_dir / "report.json", "{}\n")  # an unwritable output fails now, not after 30 minutes
     if size not in ("auto", "full", "steps"):
         raise ConfigError(f"size: '{size}' is not one of auto | full | steps")
+    if fit_from and not finished_fit(Path(fit_from)):
+        raise ConfigError(f"--fit_from {fit_from}: not a finished fit (it needs adapters/ and checkpoints/*.ckpt); "
+                          "give a lightning_logs/version_N folder of `prost fit`, or leave --fit_from out")
     bf16 = fast_bf16() if precision == "auto" else precision.startswith("bf16")
     precision = precision if precision != "auto" else ("bf16-mixed" if bf16 else "32-true")
     roles = list(system_roles(system))
@@ -375,8 +387,12 @@ def demo(
     print(f"[demo] size {sizing['size']}: {sizing['steps_per_epoch'] or 'all'} steps per epoch ({sizing['why']})")
 
     seeded = ["--seed_everything", str(seed), "--data.seed", str(seed), *(fit_args or [])]
-    version = fine_tune_phase(config, train_file, out_dir / "train", precision=precision, base_model=base_model,
-                              roles=roles, steps_per_epoch=sizing["steps_per_epoch"], fit_args=seeded)
+    if fit_from:
+        version = Path(fit_from)
+        print(f"[demo] fine_tune: reused from {version}")
+    else:
+        version = fine_tune_phase(config, train_file, out_dir / "train", precision=precision, base_model=base_model,
+                                  roles=roles, steps_per_epoch=sizing["steps_per_epoch"], fit_args=seeded)
     t = phase("fine_tune", t)
 
     improved = None
@@ -397,6 +413,7 @@ def demo(
     fit_summary_path = version / "fit_summary.json"
     recipe = {**_recipe(perturb, improve_rounds, improve_samples, limits), "perturb_seed": perturb_seed, **data,
               "untrained_eval": f"reused from {untrained_eval}" if reused_s is not None else "measured in this run",
+              "fit": f"reused from {fit_from}" if fit_from else "trained in this run",
               "seed": seed, "train_tasks": len(train_tasks), "train_variants": train_variants or 3, "size": sizing["size"],
               "size_reason": sizing["why"], "steps_per_epoch": sizing["steps_per_epoch"]}
     report = {
@@ -424,47 +441,6 @@ def demo(
     return report
 
 
-def seeds_table(runs: list[str], out: str | None = None) -> str:
-    """Mean and spread over demo runs of several seeds (`prost demo --seed N --out ...` each), as markdown.
-
-    Args:
-        runs: demo output folders (each with its report.json), e.g. [runs/demo, runs/demo_s1, runs/demo_s2].
-        out: optionally write the table (markdown) here.
-    """
-    import statistics
-
-    reports = []
-    for run in runs:
-        path = Path(run) / "report.json"
-        if not path.is_file():
-            raise ConfigError(f"runs: {path} does not exist; run `prost demo --out {run}` first")
-        reports.append(json.loads(path.read_text()))
-    splits = reports[0]["eval_splits"]
-    if any(r["eval_splits"] != splits or r["eval_tasks"] != reports[0]["eval_tasks"] for r in reports):
-        raise ConfigError("runs: the reports evaluated different held-out tasks; compare runs of the same settings")
-
-    def spread(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):.1f} ± {sd:.1f} ({', '.join(f'{v:.1f}' for v in values)})"
-
-    lines = [f"{len(reports)} runs (seeds {', '.join(str(r['recipe'].get('seed', 0)) for r in reports)}): "
-             "mean ± standard deviation (each run's value)", "",
-             "| split | tasks | untrained TGC | trained TGC | trained SGC | trained > untrained |", "|---|---|---|---|---|---|"]
-    for split in splits:
-        before = [r["untrained"][split]["goal"]["tgc"] for r in reports]
-        after = [r["trained"][split]["goal"]["tgc"] for r in reports]
-        sgc = [r["trained"][split]["goal"]["sgc"] for r in reports]
-        better = sum(a > b for a, b in zip(after, before, strict=True))
-        lines.append(f"| `{split}` | {len(reports[0]['eval_tasks'][split])} | {spread(before)} | {spread(after)} | "
-                     f"{spread(sgc)} | {better} of {len(reports)} |")
-    minutes = [r["wall_time_s"]["total"] / 60 for r in reports]
-    lines += ["", f"Wall time per run: {spread(minutes)} min."]
-    table = "\n".join(lines) + "\n"
-    if out:
-        write_atomic(out, table)
-    return table  # `prost demo-seeds` prints it
-
-
 def _episode_outcomes(task_ids: list[str], files: dict[str, Path]) -> dict[str, dict[str, str]]:
     """{task_id: {run: "success" | failure reason (sub-task where it failed)}} from the eval trajectories."""
     from prost_lightning.trajectory import read_trajectories
@@ -488,7 +464,7 @@ def render_markdown(report: dict) -> str:
         f"tasks ({recipe['subtasks_with_mistake']} of {recipe['executor_subtasks']} executor sub-tasks start with a "
         f"mistake). Size `{recipe['size']}`: {recipe['size_reason']}. Budgets: {json.dumps(recipe['budgets'])}. "
         f"Re-planning: {recipe['replanning']}. Untrained team's evaluation: "
-        f"{recipe.get('untrained_eval', 'measured in this run')}.",
+        f"{recipe.get('untrained_eval', 'measured in this run')}; fit: {recipe.get('fit', 'trained in this run')}.",
         "",
     ]
     for split in report["eval_splits"]:

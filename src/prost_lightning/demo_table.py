@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+from prost_lightning.demo import finished_fit
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.results import _run, git_commit
@@ -49,16 +50,34 @@ def cell_name(recipe: str, seed: int) -> str:
 
 
 def demo_command(recipe: str, seed: int, folder: Path, shared_untrained: Path, settings: dict, root: str,
-                 pool_size: int) -> list[str]:
+                 pool_size: int, fit_from: Path | None = None) -> list[str]:
     """The `prost demo` run of one cell."""
     options = {"out": folder, "root": root, "config": settings["config"], "base_model": settings["base_model"],
                "seed": seed, "perturb": RECIPES[recipe]["perturb"], "improve_rounds": RECIPES[recipe]["improve_rounds"],
                "size": "steps" if settings["steps_per_epoch"] else "full", "steps_per_epoch": settings["steps_per_epoch"],
                "eval_scenarios": settings["eval_scenarios"], "train_variants": settings["train_variants"],
                "fit_args": json.dumps(settings["fit_args"]) if settings["fit_args"] else None,
-               "untrained_eval": shared_untrained, "pool_size": pool_size}
+               "untrained_eval": shared_untrained, "fit_from": fit_from, "pool_size": pool_size}
     return [*PROST, "demo", *[token for key, value in options.items() if value is not None
                               for token in (f"--{key}", str(value))]]
+
+
+def shared_fit(cells: dict[str, dict], out_dir: Path, recipe: str, seed: int) -> Path | None:
+    """The fit an improve cell starts from: its seed's recovery cell's, when finished and still on disk.
+
+    An improve cell is a recovery cell plus one self-improvement round; its data, config, size and
+    seed are the recovery cell's, so taking that fit saves the fit's time and makes the two differ
+    by the round alone.
+    """
+    if not RECIPES[recipe]["improve_rounds"]:
+        return None
+    base = next((name for name, spec in RECIPES.items()
+                 if spec["perturb"] == RECIPES[recipe]["perturb"] and not spec["improve_rounds"]), None)
+    report = out_dir / cell_name(base, seed) / "report.json" if base else None
+    if not report or cell_name(base, seed) not in cells or not report.is_file():
+        return None
+    run = Path(json.loads(report.read_text()).get("run_dir") or "")
+    return run if finished_fit(run) else None
 
 
 def cell_record(recipe: str, seed: int, settings: dict, report: dict, commit: str) -> dict:
@@ -70,12 +89,14 @@ def cell_record(recipe: str, seed: int, settings: dict, report: dict, commit: st
     training = report.get("training") or {}
     return {
         "cell": cell_name(recipe, seed), "recipe": recipe, "seed": seed, "settings": settings,
+        "run_dir": report["run_dir"],
         "tasks": {split: len(ids) for split, ids in report["eval_tasks"].items()},
         "untrained": per_split("untrained"), "trained": per_split("trained"),
         "training": {k: training.get(k) for k in ("steps", "train_seconds", "trained_tokens")},
         "improve": [{k: r.get(k) for k in ("sample_success", "kept", "train_trajectories")}
                     for r in (report.get("improve") or {}).get("rounds", [])],
-        "precision": report["precision"], "wall_time_s": report["wall_time_s"], "commit": commit,
+        "fit": report["recipe"].get("fit"), "precision": report["precision"], "wall_time_s": report["wall_time_s"],
+        "commit": commit,
         "machine": machine(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -139,9 +160,22 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
                   f"optimizer steps per cell, `{settings['config']}`), base model {settings['base_model']}.",
               "", f"Written by `{command}` ({len(finished)} of {len(recipes) * len(seeds)} cells finished); "
                   "each cell: " + "; ".join(f"{r['cell']} {r['commit']} {r['precision']} "
-                                            f"{r['wall_time_s']['total'] / 60:.0f} min" for r in finished) + ".",
+                                            f"{r['wall_time_s']['total'] / 60:.0f} min" + _round_note(r)
+                                            for r in finished) + ".",
               "", "Machines: " + "; ".join(sorted({r["machine"] for r in finished})) + "."]
+    untrained_tgc = {r["cell"]: tuple(r["untrained"][s]["tgc"] for s in splits) for r in finished}
+    if len(set(untrained_tgc.values())) > 1:  # another machine's dtype (bf16 / fp32) can decode otherwise
+        lines += ["", "The untrained team's TGC differs between cells (per split): "
+                  + "; ".join(f"{cell} {values}" for cell, values in untrained_tgc.items()) + "; the row shows the first."]
     return "\n".join(lines) + "\n"
+
+
+def _round_note(record: dict) -> str:
+    """An improve cell's rounds: success of the sampled train episodes and how many were kept."""
+    return "".join(f" (round {i}: {r['sample_success']:.1f} % of sampled train episodes passed, {r['kept']} kept"
+                   + (f"; fit of {record['fit'].removeprefix('reused from ')}" if i == 1 and
+                      (record.get("fit") or "").startswith("reused") else "") + ")"
+                   for i, r in enumerate(record.get("improve") or [], start=1))
 
 
 def _worst_subtask(runs: list[dict], splits: list[str]) -> str:
@@ -233,7 +267,8 @@ def demo_table(
           f"{', '.join(cell_name(r, s) for r, s in todo) or 'none'}")
     for recipe, seed in todo:
         folder = out_dir / cell_name(recipe, seed)
-        run = demo_command(recipe, seed, folder, out_dir / "untrained", settings, root, pool_size)
+        run = demo_command(recipe, seed, folder, out_dir / "untrained", settings, root, pool_size,
+                           fit_from=shared_fit(cells, out_dir, recipe, seed))
         if dry_run:
             print(f"[dry run] {show(run)}")
             continue
