@@ -205,10 +205,10 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     oracle = next(line for line in table.splitlines() if line.startswith("| oracle only"))
     assert oracle.startswith("| oracle only | 3 of 3 (0, 1, 2) | 40.0 ± 10.0 (50.0, 40.0, 30.0) | 20.0 ± 5.0 ")
     assert "| 10.0 ± 10.0 (0.0, 20.0, 10.0) |" in oracle
-    assert "| 2 of 3 |" in oracle  # seed 0 does not beat the untrained team on test_challenge
+    assert "| 3 of 3, 2 of 3 |" in oracle  # seed 0 does not beat the untrained team on test_challenge
     # k=2: (0.5 * 30 + 0.2 * 15) per seed of 45 episodes = 40 %; k=5: 9 of 45 = 20 %
     assert oracle.endswith("| k=2 (40 %) |")
-    assert "| + recovery data | 1 of 3 (0) | 10.0 ± 0.0 (10.0) |" in table
+    assert "| + recovery data | 1 of 3 (0) | 10.0 | 5.0 | 10.0 | 5.0 | 1 of 1, 1 of 1 |" in table  # one seed: no spread
     assert "| + recovery + 1 self-improvement round | 0 of 3 |" in table
     improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0",
                 "improve": [{"sample_success": 12.5, "kept": 9, "train_trajectories": 102}]}

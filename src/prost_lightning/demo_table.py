@@ -120,10 +120,10 @@ def load_cells(path: Path, settings: dict) -> dict[str, dict]:
 
 
 def _spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {sd:.1f} ({', '.join(f'{v:.1f}' for v in values)})"
+    """Mean ± standard deviation (each value); one value alone, since one seed has no spread."""
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if values else "-"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({', '.join(f'{v:.1f}' for v in values)})"
 
 
 def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], command: str) -> str:
@@ -134,7 +134,7 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
     splits = list(finished[0]["tasks"])
     untrained = finished[0]["untrained"]
     header = "| recipe | seeds | " + " | ".join(f"`{s}` ({finished[0]['tasks'][s]}) TGC | SGC" for s in splits) + \
-             " | trained > untrained | fails most in |"
+             " | seeds with trained > untrained TGC (per split) | fails most in |"
     lines = [header, "|---|---|" + "---|---|" * len(splits) + "---|---|",
              "| untrained team | - | " + " | ".join(f"{untrained[s]['tgc']:.1f} | {untrained[s]['sgc']:.1f}"
                                                   for s in splits) + " | - | - |"]
@@ -144,20 +144,21 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
             lines.append(f"| {RECIPES[recipe]['label']} | 0 of {len(seeds)} | " + " | ".join("- | -" for _ in splits)
                          + " | - | - |")
             continue
-        better = sum(all(r["trained"][s]["tgc"] > r["untrained"][s]["tgc"] for s in splits) for r in runs)
+        better = ", ".join(f"{sum(r['trained'][s]['tgc'] > r['untrained'][s]['tgc'] for r in runs)} of {len(runs)}"
+                           for s in splits)
         lines.append(f"| {RECIPES[recipe]['label']} | {len(runs)} of {len(seeds)} "
                      f"({', '.join(str(r['seed']) for r in runs)}) | "
                      + " | ".join(f"{_spread([r['trained'][s]['tgc'] for r in runs])} | "
                                   f"{_spread([r['trained'][s]['sgc'] for r in runs])}" for s in splits)
-                     + f" | {better} of {len(runs)} | {_worst_subtask(runs, splits)} |")
+                     + f" | {better} | {_worst_subtask(runs, splits)} |")
     settings = finished[0]["settings"]
     steps = [r["training"]["steps"] for r in finished]
     size = f"{settings['steps_per_epoch']} steps per epoch" if settings["steps_per_epoch"] else "every batch of every epoch"
+    step_range = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
     lines += ["", f"TGC/SGC in percent of every held-out task (scenario); mean ± standard deviation over the "
-                  f"finished seeds (each seed's value). \"trained > untrained\": seeds whose trained team beats the "
-                  f"untrained one on every split. \"fails most in\": the sub-task k where most trained episodes "
-                  f"failed (share of episodes, all seeds and splits). Size: {size} ({min(steps)}-{max(steps)} "
-                  f"optimizer steps per cell, `{settings['config']}`), base model {settings['base_model']}.",
+                  f"finished seeds (each seed's value; one seed: its value). \"fails most in\": the sub-task k where "
+                  f"most trained episodes failed (share of episodes, all seeds and splits). Size: {size} "
+                  f"({step_range} optimizer steps per cell, `{settings['config']}`), base model {settings['base_model']}.",
               "", f"Written by `{command}` ({len(finished)} of {len(recipes) * len(seeds)} cells finished); "
                   "each cell: " + "; ".join(f"{r['cell']} {r['commit']} {r['precision']} "
                                             f"{r['wall_time_s']['total'] / 60:.0f} min" + _round_note(r)
