@@ -219,3 +219,13 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     assert "every batch of every epoch" in table and "differs between cells" not in table
     cells["recovery_s0"]["untrained"]["test_normal"]["tgc"] = 3.3  # e.g. another machine decoding in bf16
     assert "The untrained team's TGC differs between cells" in render_table(cells, ["oracle", "recovery"], [0, 1, 2], "x")
+
+
+def test_an_edited_prompt_file_keys_another_untrained_evaluation(tmp_path):
+    from prost_lightning.demo import _prompts_digest
+
+    (tmp_path / "executor_system.txt").write_text("Solve the sub-task.")
+    before = _prompts_digest(str(tmp_path))
+    assert before == _prompts_digest(str(tmp_path)) and before != _prompts_digest(None)
+    (tmp_path / "executor_system.txt").write_text("Solve the sub-task in one block.")
+    assert _prompts_digest(str(tmp_path)) != before

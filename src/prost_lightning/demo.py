@@ -186,8 +186,8 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
 
     from prost_lightning.model import RoleLoRAModule
 
-    settings = {"held_out": held_out, "roles": roles, **{k: (asdict(v) if k == "limits" else str(v) if
-                                                             isinstance(v, Path) else v) for k, v in evaluation.items()}}
+    plain = {k: asdict(v) if k == "limits" else str(v) if isinstance(v, Path) else v for k, v in evaluation.items()}
+    settings = {"held_out": held_out, "roles": roles, "prompts": _prompts_digest(evaluation["prompt_dir"]), **plain}
     files = {split: f"untrained_{split}.jsonl" for split in held_out}
     record = shared / "untrained.json" if shared else None
     if record and record.is_file():
@@ -207,6 +207,17 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
         write_atomic(record, json.dumps({"settings": settings, "seconds": round(time.monotonic() - started, 1),
                                          "summaries": summaries}, indent=2) + "\n")  # last: the files are complete
     return summaries, None
+
+
+def _prompts_digest(prompt_dir: str | None) -> str:
+    """A hash of every prompt file an episode may read (built-in and overrides): an edited prompt is another team."""
+    import hashlib
+
+    folders = [Path(__file__).parent / "agents" / "prompts", *([Path(prompt_dir)] if prompt_dir else [])]
+    digest = hashlib.sha256()
+    for path in sorted(f for folder in folders for f in folder.rglob("*.txt")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def finished_fit(version: Path) -> bool:
