@@ -229,3 +229,10 @@ def test_an_edited_prompt_file_keys_another_untrained_evaluation(tmp_path):
     assert before == _prompts_digest(str(tmp_path)) and before != _prompts_digest(None)
     (tmp_path / "executor_system.txt").write_text("Solve the sub-task in one block.")
     assert _prompts_digest(str(tmp_path)) != before
+
+
+def test_a_missing_readme_is_refused_before_any_cell_runs(tmp_path):
+    with pytest.raises(ConfigError, match="--readme .*no such file"):
+        demo_table(out=str(tmp_path / "cells"), summary=str(tmp_path / "t.json"), table=str(tmp_path / "t.md"),
+                   readme=str(tmp_path / "missing.md"))
+    assert not (tmp_path / "cells").exists() and not (tmp_path / "t.json").exists()

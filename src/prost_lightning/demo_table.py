@@ -261,6 +261,9 @@ def demo_table(
     for path, option in ((summary_path, "--summary"), (table_path, "--table")):
         check_writable(path, option)
     check_writable(out_dir, "--out", folder=True)
+    if readme and not Path(readme).is_file():  # found now, not after hours of cells
+        raise ConfigError(f"--readme {readme}: no such file; give the file whose <!-- demo-table --> block gets the "
+                          "table (run from the repository root), or --readme null")
     cells = load_cells(summary_path, settings)
     command = " ".join(["prost demo-table", *sys.argv[2:]]) if sys.argv[1:2] == ["demo-table"] else "prost demo-table"
     todo = [(r, s) for r in recipes for s in seeds if cell_name(r, s) not in cells]
