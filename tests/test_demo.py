@@ -82,6 +82,12 @@ def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, c
             assert sum(summary["failures"].values()) + round(summary["goal"]["tgc"] * 3 / 100) == 3
             failed_inside = sum(summary["subtask_error_rates"].values())
             assert abs(failed_inside - (100 - summary["goal"]["tgc"]) / 100) < 0.01  # every failure has its sub-task
+            # every failure is judged against the ground-truth plan (the mini-world has one for every task)
+            diagnostics = summary["diagnostics"]
+            assert diagnostics["episodes"] == 3 and diagnostics["failed"] == sum(summary["failures"].values())
+            assert diagnostics["plan"]["diverged"] + diagnostics["plan"]["followed"] == diagnostics["failed"]
+            after = diagnostics["after_error"]
+            assert after["errors"] == sum(after[k] for k in ("report", "same_code", "new_code", "none"))
     assert 0 < report["training"]["steps"] <= 2 * 3 and report["training"]["trained_tokens"]
     assert (Path(report["run_dir"]) / "adapters" / "executor" / "adapter_config.json").is_file()
     assert set(report["wall_time_s"]) == {"build_world", "collect", "eval_untrained", "fine_tune",
@@ -93,6 +99,8 @@ def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, c
     markdown = (tmp_path / "report.md").read_text()
     assert "| untrained |" in markdown and "| ProST-trained |" in markdown
     assert "## `test_normal`" in markdown and "## `test_challenge`" in markdown and "Size `steps`" in markdown
+    assert markdown.count("Diagnostics, untrained: 3 of 3 episodes failed") == 2  # once per split
+    assert markdown.count("Diagnostics, trained: ") == 2
     assert all(f"| {task_id} |" in markdown for task_id in held)
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp*"))  # atomic writes left nothing behind
@@ -145,6 +153,14 @@ def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, m
         assert first.read_bytes() == second.read_bytes() and first.read_bytes()
         assert reports["oracle_s0"]["untrained"][split] == reports["recovery_s0"]["untrained"][split]
     assert records["recovery_s0"]["trained"]["test_normal"]["tgc"] == reports["recovery_s0"]["trained"]["test_normal"]["goal"]["tgc"]
+    # a record older than the failure diagnostics gets them from its cell's episodes on disk
+    older = json.loads(json.dumps(records))
+    for split in older["oracle_s0"]["trained"]:
+        older["oracle_s0"]["trained"][split]["diagnostics"] = None
+    assert table_module.add_diagnostics(older, tmp_path / "cells", options["root"]) == ["oracle_s0"]
+    assert older == records
+    assert table_module.add_diagnostics(older, tmp_path / "elsewhere", options["root"]) == []  # no folder: none
+    assert "Where the episodes fail" in table
 
     assert "| oracle only | 1 of 1 (0) |" in table and "| + recovery data | 1 of 1 (0) |" in table
     assert "| untrained team | - |" in table and "2 of 2 cells finished" in table
@@ -187,7 +203,10 @@ def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, m
 
 def _record(recipe: str, seed: int, normal: float, challenge: float) -> dict:
     def split(tgc: float, tasks: int, errors: dict) -> dict:
-        return {"tgc": tgc, "sgc": tgc / 2, "failures": {}, "subtask_error_rates": errors}
+        failed = tasks - round(tgc * tasks / 100)
+        return {"tgc": tgc, "sgc": tgc / 2, "failures": {}, "subtask_error_rates": errors, "diagnostics": {
+            "episodes": tasks, "failed": failed, "plan": {"diverged": failed - 1, "followed": 1, "unknown": 0},
+            "after_error": {"errors": 10, "report": 2, "same_code": 5, "new_code": 3, "repaired": 1, "none": 0}}}
 
     return {"cell": f"{recipe}_s{seed}", "recipe": recipe, "seed": seed, "tasks": {"test_normal": 30, "test_challenge": 15},
             "settings": {"steps_per_epoch": None, "config": "experiments/demo.yaml", "base_model": "smollm2"},
@@ -210,6 +229,11 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     assert oracle.endswith("| k=2 (40 %) |")
     assert "| + recovery data | 1 of 3 (0) | 10.0 | 5.0 | 10.0 | 5.0 | 1 of 1, 1 of 1 |" in table  # one seed: no spread
     assert "| + recovery + 1 self-improvement round | 0 of 3 |" in table
+    # where they fail, summed over seeds and splits: oracle failed 15 + 18 + 21 + 15 + 12 + 13 of 135
+    diagnostics = table.split("Where the episodes fail")[1]
+    assert "| oracle only | 94 of 135 | 88 (94 %) | 60 | 12 (20 %) | 30 (50 %) | 18 (30 %), 6 ran |" in diagnostics
+    assert "| untrained team | 45 of 45 | 43 (96 %) | 20 |" in diagnostics
+    assert "| + recovery + 1 self-improvement round | - | - |" in diagnostics
     improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0",
                 "improve": [{"sample_success": 12.5, "kept": 9, "train_trajectories": 102}]}
     with_round = render_table({**cells, "improve_s0": improved}, ["oracle", "recovery", "improve"], [0, 1, 2], "x")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from prost_lightning.backbone import fast_bf16
-from prost_lightning.env.tasks import is_world_root, load_task_ids
+from prost_lightning.env.tasks import is_world_root, load_task, load_task_ids
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import write_atomic
 from prost_lightning.metrics import scenario_of
@@ -55,8 +55,6 @@ def _train_tasks(root: Path, variants: int | None) -> list[str]:
     scenario would train one phrasing per family; rotating (scenario i takes variants i, i+1, ...
     mod 3) trains every phrasing of every family that has enough scenarios, at the same cost.
     """
-    from prost_lightning.env.tasks import load_task_ids
-
     ids = load_task_ids(root, "train")
     if variants is None:
         return ids
@@ -163,15 +161,31 @@ def evaluate_phase(name: str, adapters: Path, held_out: dict[str, list[str]], ou
 
     results = {}
     for split, task_ids in held_out.items():
-        episodes = out_dir / "eval" / f"{name}_{split}.jsonl"
+        episodes = episodes_file(out_dir, name, split)
         summary = evaluate_system(system=system, split=None, root=str(root), task_ids=task_ids, adapters=str(adapters),
                                   base_model=base_model, limits=limits, pool_size=min(pool_size, len(task_ids)),
                                   max_batch_size=pool_size, engine=engine, dtype="bfloat16" if bf16 else "float32",
                                   prompt_dir=prompt_dir, out=str(episodes))
         outcomes = [t.outcome for t in read_trajectories(episodes)]
         summary["subtask_error_rates"] = {str(k): round(v, 3) for k, v in subtask_error_rates(outcomes).items()}
+        summary["diagnostics"] = diagnose(episodes, root)
         results[split] = summary
     return results
+
+
+def episodes_file(out_dir: Path, team: str, split: str) -> Path:
+    """Where a demo run keeps a team's (untrained | trained) episodes of one held-out split."""
+    return out_dir / "eval" / f"{team}_{split}.jsonl"
+
+
+def diagnose(episodes: Path, root: Path) -> dict:
+    """``failure_diagnostics`` of an episodes file, against the ground-truth plans of the world's tasks."""
+    from prost_lightning.agents.episode_summary import failure_diagnostics
+    from prost_lightning.trajectory import read_trajectories
+
+    trajectories = read_trajectories(episodes)
+    plans = {t.task_id: [step.description for step in load_task(root, t.task_id).plan] for t in trajectories}
+    return failure_diagnostics(trajectories, plans)
 
 
 def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir: Path, *, roles: list[str],
@@ -188,22 +202,24 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
 
     plain = {k: asdict(v) if k == "limits" else str(v) if isinstance(v, Path) else v for k, v in evaluation.items()}
     settings = {"held_out": held_out, "roles": roles, "prompts": _prompts_digest(evaluation["prompt_dir"]), **plain}
-    files = {split: f"untrained_{split}.jsonl" for split in held_out}
+    files = {split: episodes_file(out_dir, "untrained", split).name for split in held_out}
     record = shared / "untrained.json" if shared else None
     if record and record.is_file():
         kept = json.loads(record.read_text())
         if kept.get("settings") == settings and all((shared / f).is_file() for f in files.values()):
-            for name in files.values():
-                write_atomic(out_dir / "eval" / name, (shared / name).read_bytes())
+            for split, name in files.items():
+                write_atomic(episodes_file(out_dir, "untrained", split), (shared / name).read_bytes())
             print(f"[demo] eval_untrained: reused from {shared} (same settings; measured in {kept['seconds']:.0f} s)")
+            for split, summary in kept["summaries"].items():  # records older than the diagnostics lack them
+                summary.setdefault("diagnostics", diagnose(episodes_file(out_dir, "untrained", split), evaluation["root"]))
             return kept["summaries"], kept["seconds"]
     started = time.monotonic()
     # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path
     RoleLoRAModule(base_model=evaluation["base_model"], roles=roles).export_adapters(untrained_dir)
     summaries = evaluate_phase("untrained", untrained_dir, held_out, out_dir, **evaluation)
     if record:
-        for name in files.values():
-            write_atomic(shared / name, (out_dir / "eval" / name).read_bytes())
+        for split, name in files.items():
+            write_atomic(shared / name, episodes_file(out_dir, "untrained", split).read_bytes())
         write_atomic(record, json.dumps({"settings": settings, "seconds": round(time.monotonic() - started, 1),
                                          "summaries": summaries}, indent=2) + "\n")  # last: the files are complete
     return summaries, None
@@ -437,7 +453,7 @@ def demo(
         "train_tasks": len(train_tasks),
         "untrained": before,
         "trained": after,
-        "episodes": {split: _episode_outcomes(ids, {name: out_dir / "eval" / f"{name}_{split}.jsonl"
+        "episodes": {split: _episode_outcomes(ids, {name: episodes_file(out_dir, name, split)
                                                     for name in ("untrained", "trained")})
                      for split, ids in held_out.items()},
         "training": json.loads(fit_summary_path.read_text()) if fit_summary_path.exists() else None,
@@ -466,6 +482,8 @@ def _episode_outcomes(task_ids: list[str], files: dict[str, Path]) -> dict[str, 
 
 
 def render_markdown(report: dict) -> str:
+    from prost_lightning.agents.episode_summary import describe_diagnostics
+
     recipe = report["recipe"]
     lines = [
         f"# Demo: {report['system']} on {report['base_model']}, held-out splits "
@@ -494,6 +512,9 @@ def render_markdown(report: dict) -> str:
                          + f" | {usage['mean_llm_calls']:.1f} | {usage['mean_env_steps']:.1f} |")
         lines += ["", "Failure reasons: untrained " + json.dumps(before["failures"]) +
                   "; trained " + json.dumps(after["failures"]), ""]
+        lines += [f"Diagnostics, {name}: {describe_diagnostics(summary['diagnostics'])}."
+                  for name, summary in (("untrained", before), ("trained", after)) if "diagnostics" in summary]
+        lines += [""] if "diagnostics" in after else []
     training = report.get("training")
     if training:
         lines += [

@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from prost_lightning.demo import finished_fit
+from prost_lightning.demo import diagnose, episodes_file, finished_fit
+from prost_lightning.env.tasks import is_world_root
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.results import _run, git_commit
@@ -84,7 +85,8 @@ def cell_record(recipe: str, seed: int, settings: dict, report: dict, commit: st
     """What the table keeps of one finished cell (the demo's report.json holds the rest)."""
     def per_split(team: str) -> dict:
         return {split: {"tgc": s["goal"]["tgc"], "sgc": s["goal"]["sgc"], "failures": s["failures"],
-                        "subtask_error_rates": s["subtask_error_rates"]} for split, s in report[team].items()}
+                        "subtask_error_rates": s["subtask_error_rates"], "diagnostics": s.get("diagnostics")}
+                for split, s in report[team].items()}
 
     training = report.get("training") or {}
     return {
@@ -117,6 +119,51 @@ def load_cells(path: Path, settings: dict) -> dict[str, dict]:
                               f": {[record.get('settings', {}).get(k) for k in changed]} here {[settings[k] for k in changed]});"
                               " give another --summary and --table for these settings, or remove the file to start over")
     return cells
+
+
+def add_diagnostics(cells: dict[str, dict], out_dir: Path, root: str) -> list[str]:
+    """The cells whose failure diagnostics were missing (recorded before they existed) and are now
+    computed from their episodes on disk; a cell whose folder is gone (another machine) stays without."""
+    filled = []
+    for name, record in cells.items():
+        for team in ("untrained", "trained"):
+            for split, summary in record[team].items():
+                episodes = episodes_file(out_dir / name, team, split)
+                if summary.get("diagnostics") is None and episodes.is_file() and is_world_root(root):
+                    summary["diagnostics"] = diagnose(episodes, Path(root))
+                    filled += [name] if name not in filled else []
+    return filled
+
+
+def render_diagnostics(cells: dict[str, dict], recipes: list[str], seeds: list[int]) -> str:
+    """Where the teams' episodes fail (``failure_diagnostics``), summed over seeds and held-out splits."""
+    def row(label: str, runs: list[dict], team: str) -> str:
+        parts = [r[team][s]["diagnostics"] for r in runs for s in r[team] if r[team][s].get("diagnostics")]
+        if not parts:
+            return f"| {label} | - | - | - | - | - | - |"
+        total = {key: sum(p[key] for p in parts) for key in ("episodes", "failed")}
+        plan = {key: sum(p["plan"][key] for p in parts) for key in parts[0]["plan"]}
+        after = {key: sum(p["after_error"][key] for p in parts) for key in parts[0]["after_error"]}
+
+        def share(n: int, of: int) -> str:
+            return f"{n} ({100 * n / of:.0f} %)" if of else f"{n}"
+
+        judged = plan["diverged"] + plan["followed"]
+        return (f"| {label} | {total['failed']} of {total['episodes']} | {share(plan['diverged'], judged)} | "
+                f"{after['errors']} | {share(after['report'], after['errors'])} | "
+                f"{share(after['same_code'], after['errors'])} | "
+                f"{share(after['new_code'], after['errors'])}, {after['repaired']} ran |")
+
+    finished = [cells[cell_name(r, s)] for r in recipes for s in seeds if cell_name(r, s) in cells]
+    if not any(r["trained"][s].get("diagnostics") for r in finished for s in r["trained"]):
+        return ""
+    lines = ["| team | failed episodes | of them, the plan diverged from the ground truth by the failed sub-task | "
+             "failed executions | then a report without code | the same code again | new code |",
+             "|---|---|---|---|---|---|---|", row("untrained team", finished[:1], "untrained")]
+    for recipe in recipes:
+        runs = [cells[cell_name(recipe, s)] for s in seeds if cell_name(recipe, s) in cells]
+        lines.append(row(RECIPES[recipe]["label"], runs, "trained"))
+    return "\n".join(lines) + "\n"
 
 
 def _spread(values: list[float]) -> str:
@@ -159,6 +206,7 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
                   f"finished seeds (each seed's value; one seed: its value). \"fails most in\": the sub-task k where "
                   f"most trained episodes failed (share of episodes, all seeds and splits). Size: {size} "
                   f"({step_range} optimizer steps per cell, `{settings['config']}`), base model {settings['base_model']}.",
+              *_diagnostics_block(cells, recipes, seeds),
               "", f"Written by `{command}` ({len(finished)} of {len(recipes) * len(seeds)} cells finished); "
                   "each cell: " + "; ".join(f"{r['cell']} {r['commit']} {r['precision']} "
                                             f"{r['wall_time_s']['total'] / 60:.0f} min" + _round_note(r)
@@ -169,6 +217,18 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
         lines += ["", "The untrained team's TGC differs between cells (per split): "
                   + "; ".join(f"{cell} {values}" for cell, values in untrained_tgc.items()) + "; the row shows the first."]
     return "\n".join(lines) + "\n"
+
+
+def _diagnostics_block(cells: dict[str, dict], recipes: list[str], seeds: list[int]) -> list[str]:
+    table = render_diagnostics(cells, recipes, seeds)
+    if not table:
+        return []
+    return ["", "Where the episodes fail, summed over the finished seeds and both splits:", "", table.rstrip("\n"), "",
+            "\"The plan diverged\": the planner's sub-tasks up to the one the episode failed in differ (as text) from "
+            "the task's ground-truth plan, so the planner chose wrong; otherwise the plan was right and the code "
+            "failed. \"Failed executions\": code turns AppWorld answered with \"Execution failed\", by what the same "
+            "conversation's next reply did (\"ran\": new code that then ran without error; the errors not in these "
+            "three columns had no reply left: the budget ended the sub-task)."]
 
 
 def _round_note(record: dict) -> str:
@@ -265,6 +325,10 @@ def demo_table(
         raise ConfigError(f"--readme {readme}: no such file; give the file whose <!-- demo-table --> block gets the "
                           "table (run from the repository root), or --readme null")
     cells = load_cells(summary_path, settings)
+    filled = [] if dry_run else add_diagnostics(cells, out_dir, root)
+    if filled:
+        write_atomic(summary_path, json.dumps({"cells": cells}, indent=1) + "\n")
+        print(f"[demo-table] failure diagnostics added from the episodes on disk: {', '.join(filled)}")
     command = " ".join(["prost demo-table", *sys.argv[2:]]) if sys.argv[1:2] == ["demo-table"] else "prost demo-table"
     todo = [(r, s) for r in recipes for s in seeds if cell_name(r, s) not in cells]
     print(f"[demo-table] {len(cells)} cells finished in {summary_path}; to run: "

@@ -45,7 +45,7 @@ def refuse_held_out(split: str) -> None:
 def mark_repaired_errors(trajectory: Trajectory) -> Trajectory:
     """A copy in which every code reply that failed and was followed by another reply of its conversation
     is context-only: a verified episode's detours are shown, never trained."""
-    from prost_lightning.agents.parsing import extract_code, is_execution_error
+    from prost_lightning.agents.parsing import extract_code, is_failed_observation
 
     marked = trajectory.model_copy(deep=True)
     for conv in marked.conversations:
@@ -53,9 +53,7 @@ def mark_repaired_errors(trajectory: Trajectory) -> Trajectory:
         replies = [i for i, m in enumerate(messages) if m.role == "assistant"]
         for i in replies[:-1]:
             observation = messages[i + 1].content if i + 1 < len(messages) else ""
-            # the observation turn puts a header line ("Output:") before what AppWorld printed
-            failed = is_execution_error(observation) or is_execution_error(observation.split("\n", 1)[-1])
-            if extract_code(messages[i].content) is not None and failed:
+            if extract_code(messages[i].content) is not None and is_failed_observation(observation):
                 messages[i].context_only = True
     return marked
 

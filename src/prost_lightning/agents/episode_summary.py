@@ -1,4 +1,4 @@
-"""Summaries of a batch of episodes (TGC/SGC, usage, failure reasons) and a rich progress bar."""
+"""Summaries of a batch of episodes (TGC/SGC, usage, failure reasons, failure diagnostics) and a rich progress bar."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from prost_lightning.metrics import aggregate_usage, failure_reason_counts, goal
 from prost_lightning.trajectory import Trajectory
 
 from .episode import FailureReason
+from .parsing import extract_code, is_failed_observation
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,76 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
         "usage": aggregate_usage([t.usage for t in trajectories]),
         "failures": failure_reason_counts([t.outcome for t in trajectories]),
     }
+
+
+def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, list[str]]) -> dict:
+    """Two counts of why episodes fail that TGC cannot show, as plain counts (they add up over seeds and splits).
+
+    ``plan``: of the failed episodes of a system with a planner (and a known failed sub-task k),
+    ``diverged`` when the planner's sub-tasks 1..k differ from the task's ground-truth plan
+    (``plans``: task id -> step descriptions; compared as text with whitespace normalised, so a
+    paraphrase counts as a divergence), else ``followed`` (the plan was right: the code failed);
+    ``unknown`` without a plan or sub-task.
+    ``after_error``: every failed execution (AppWorld's "Execution failed"), by the same
+    conversation's next reply: ``report`` (no code: it gave up or claimed success), ``same_code``
+    (the failing code again), ``new_code`` (of which ``repaired``: ran without error), ``none``
+    (the budget ended the sub-task first).
+    """
+    def norm(text: str) -> str:
+        return " ".join(text.split())
+
+    def step(steps: list[str], i: int) -> str | None:
+        return norm(steps[i]) if i < len(steps) else None
+
+    plan = {"diverged": 0, "followed": 0, "unknown": 0}
+    after = {"errors": 0, "report": 0, "same_code": 0, "new_code": 0, "repaired": 0, "none": 0}
+    failed = 0
+    for trajectory in trajectories:
+        outcome = trajectory.outcome
+        if not (outcome and outcome.success):
+            failed += 1
+        if not (outcome and outcome.success) and any(c.role == "planner" for c in trajectory.conversations):
+            truth, k = plans.get(trajectory.task_id), outcome.failed_subtask if outcome else None
+            if not truth or not k:
+                plan["unknown"] += 1
+            else:
+                emitted = [s.description for s in trajectory.subtasks]
+                plan["diverged" if any(step(emitted, i) != step(truth, i) for i in range(k)) else "followed"] += 1
+        for conversation in trajectory.conversations:
+            messages = conversation.messages
+            replies = [i for i, m in enumerate(messages) if m.role == "assistant"]
+            for position, i in enumerate(replies):
+                code = extract_code(messages[i].content)
+                if code is None or i + 1 >= len(messages) or not is_failed_observation(messages[i + 1].content):
+                    continue
+                after["errors"] += 1
+                if position + 1 == len(replies):
+                    after["none"] += 1
+                    continue
+                j = replies[position + 1]
+                retry = extract_code(messages[j].content)
+                if retry is None:
+                    after["report"] += 1
+                elif norm(retry) == norm(code):
+                    after["same_code"] += 1
+                else:
+                    after["new_code"] += 1
+                    after["repaired"] += int(j + 1 < len(messages) and not is_failed_observation(messages[j + 1].content))
+    return {"episodes": len(trajectories), "failed": failed, "plan": plan, "after_error": after}
+
+
+def describe_diagnostics(diagnostics: dict) -> str:
+    """One line of ``failure_diagnostics`` counts (possibly summed over runs) for a report."""
+    plan, after = diagnostics["plan"], diagnostics["after_error"]
+    line = f"{diagnostics['failed']} of {diagnostics['episodes']} episodes failed"
+    if plan["diverged"] or plan["followed"]:
+        line += (f"; the plan diverged from the ground truth by the failed sub-task in {plan['diverged']}, "
+                 f"followed it in {plan['followed']}")
+    line += f"; {after['errors']} failed executions"
+    if after["errors"]:
+        line += (f", then: {after['report']} a report without code, {after['same_code']} the same code again, "
+                 f"{after['new_code']} new code ({after['repaired']} of it ran), {after['none']} no reply left")
+    return line
 
 
 def flat_metrics(summary: dict, prefix: str = "rollout/") -> dict[str, float]:

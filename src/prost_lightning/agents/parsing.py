@@ -45,6 +45,11 @@ def is_execution_error(observation: str) -> bool:
     return observation.lstrip().startswith(_EXECUTION_FAILED)
 
 
+def is_failed_observation(turn: str) -> bool:
+    """True when an observation turn reports a failed execution, with or without its header line ("Output:")."""
+    return is_execution_error(turn) or is_execution_error(turn.split("\n", 1)[-1])
+
+
 def truncate(text: str, max_chars: int) -> str:
     """Keep the head and the tail of a long observation (errors are at the end, data at the start)."""
     if max_chars <= 0 or len(text) <= max_chars:
