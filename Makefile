@@ -90,6 +90,9 @@ results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu hour
 known-apis: install model ## re-evaluate the finished results grid with known API names (~6 min per cell, resumable)
 	$(BIN)/python experiments/known_apis.py --root $(WORLD) $(KNOWN_APIS_ARGS)
 
+oracle-planner: install model ## the demo table's trained executors under the ground-truth plan (~10 min per cell, resumable)
+	$(BIN)/python experiments/oracle_planner.py --root $(WORLD) $(ORACLE_PLANNER_ARGS)
+
 bench: install model ## benchmarks (full): bench/results.json + BENCHMARKS.md; BENCH_ARGS="--only memory" for one
 	WANDB_MODE=disabled $(BIN)/prost bench --world $(WORLD) $(BENCH_ARGS)
 
@@ -103,4 +106,4 @@ lint: install ## ruff over the sources and tests
 clean: ## remove runs and caches (keeps venvs, models and worlds)
 	rm -rf runs lightning_logs .pytest_cache
 
-.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-table sweep results known-apis bench lint clean
+.PHONY: help install appworld serve-venv serve model world test test-all test-fast debug demo demo-table sweep results known-apis oracle-planner bench lint clean

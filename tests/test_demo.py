@@ -260,3 +260,22 @@ def test_a_missing_readme_is_refused_before_any_cell_runs(tmp_path):
         demo_table(out=str(tmp_path / "cells"), summary=str(tmp_path / "t.json"), table=str(tmp_path / "t.md"),
                    readme=str(tmp_path / "missing.md"))
     assert not (tmp_path / "cells").exists() and not (tmp_path / "t.json").exists()
+
+
+def test_the_oracle_planner_table_averages_each_recipes_cells():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oracle_planner_script", REPO / "experiments" / "oracle_planner.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def cell(team: float, under_truth: float, same_code: int) -> dict:
+        after = {"errors": same_code + 1, "report": 1, "same_code": same_code, "new_code": 0, "repaired": 0, "none": 0}
+        return {"test_normal": {"tasks": 30, "team_tgc": team, "oracle_planner_tgc": under_truth,
+                                "diagnostics": {"after_error": after}}}
+
+    rows = script.table({"oracle_s0": cell(10.0, 50.0, 2), "oracle_s1": cell(20.0, 40.0, 4),
+                         "recovery_s0": cell(13.3, 60.0, 0)}).splitlines()
+    assert len(rows) == 4  # header, rule, one row per recipe with cells
+    assert rows[2] == "| oracle only (2) | 15.0 -> 45.0 | 8: 2 / 6 / 0 (0) |"
+    assert rows[3].startswith("| + recovery data (1) | 13.3 -> 60.0 |")

@@ -16,6 +16,7 @@ from pathlib import Path
 from prost_lightning.adapters import adapters_base_model, role_adapter_folders
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
 from prost_lightning.agents.episode_summary import episode_progress, format_summary, summarize
+from prost_lightning.agents.oracle import OraclePolicy
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import require_world_root
 from prost_lightning.errors import ConfigError
@@ -46,6 +47,7 @@ def evaluate_system(
     out: str | None = None,
     step_timeout_s: int = 30,
     progress: bool = True,
+    oracle_roles: list[str] | None = None,
 ) -> dict:
     """Play a trained system on a split; returns (and prints) TGC/SGC, per difficulty, usage and cost.
 
@@ -73,6 +75,9 @@ def evaluate_system(
         out: optionally write every episode's trajectory here (atomic).
         step_timeout_s: AppWorld's limit per code execution.
         progress: show a rich progress bar.
+        oracle_roles: roles played by the oracle (the task's ground-truth plan) instead of the
+            trained adapters, e.g. [planner]: the trained executor under a perfect planner. A
+            diagnostic, not the team's score: it tells how much of the gap is each role's.
     """
     if out:
         check_writable(out, "--out")  # before any episode: their work would be lost
@@ -80,18 +85,29 @@ def evaluate_system(
     roles = system_roles(system)
     prompts = PromptSet(prompt_dir, tools=tools)
     tasks = load_tasks(root_path, split, task_ids, max_tasks)
+    oracle_roles = list(oracle_roles or [])
+    unknown = [r for r in oracle_roles if r not in roles]
+    unplanned = [t.task_id for t in tasks if not t.plan][:3]
+    if unknown or (oracle_roles and unplanned):
+        raise ConfigError(f"--oracle_roles {unknown}: not roles of {system} ({roles})" if unknown else
+                          f"--oracle_roles: tasks without a ground-truth plan ({', '.join(unplanned)}): the oracle "
+                          "cannot play them (AppWorld's test splits have none; the mini-world has one for every task)")
     trajectories: list[Trajectory] = []
     team = trained_team(roles, engine, adapters=adapters, ckpt_path=ckpt_path, base_model=base_model, dtype=dtype,
                         device=device, max_batch_size=max_batch_size, serve_args=serve_args)
-    with team as policies, start_pool(root_path, pool_size, step_timeout_s, None) as pool, \
+    with team as trained, start_pool(root_path, pool_size, step_timeout_s, None) as pool, \
             episode_progress(len(tasks), f"eval {system} on {split or 'tasks'}", progress) as bar:
+        oracle = OraclePolicy(prompts)
+        policies = {role: oracle if role in oracle_roles else policy for role, policy in trained.items()}
+
         def seen(trajectory: Trajectory) -> None:
             bar.advance(trajectory)
             trajectories.append(trajectory)
 
         run_episodes(system, tasks, pool, policies, limits=limits or Limits(), prompts=prompts,
                      cost=CostModel(prices={k: tuple(v) for k, v in (prices or {}).items()}),
-                     teacher=f"eval:{adapters or ckpt_path}", on_episode=seen)
+                     teacher=f"eval:{adapters or ckpt_path}" + "".join(f"+oracle:{r}" for r in oracle_roles),
+                     on_episode=seen)
     if out:
         write_trajectories(out, trajectories)
     summary = summarize(trajectories)
