@@ -157,9 +157,10 @@ def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, m
     older = json.loads(json.dumps(records))
     for split in older["oracle_s0"]["trained"]:
         older["oracle_s0"]["trained"][split]["diagnostics"] = None
+    assert table_module.add_diagnostics(older, tmp_path / "elsewhere", options["root"]) == []  # no folder: none
+    assert older["oracle_s0"]["trained"]["test_normal"]["diagnostics"] is None
     assert table_module.add_diagnostics(older, tmp_path / "cells", options["root"]) == ["oracle_s0"]
     assert older == records
-    assert table_module.add_diagnostics(older, tmp_path / "elsewhere", options["root"]) == []  # no folder: none
     assert "Where the episodes fail" in table
 
     assert "| oracle only | 1 of 1 (0) |" in table and "| + recovery data | 1 of 1 (0) |" in table
