@@ -235,11 +235,12 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     assert "| oracle only | 94 of 135 | 88 (94 %) | 60 | 12 (20 %) | 30 (50 %) | 18 (30 %), 6 ran |" in diagnostics
     assert "| untrained team | 45 of 45 | 43 (96 %) | 20 |" in diagnostics
     assert "| + recovery + 1 self-improvement round | - | - |" in diagnostics
-    improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0",
+    improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0", "training": {"steps": 99},
                 "improve": [{"sample_success": 12.5, "kept": 9, "train_trajectories": 102}]}
     with_round = render_table({**cells, "improve_s0": improved}, ["oracle", "recovery", "improve"], [0, 1, 2], "x")
-    assert "improve_s0 abc1234 32-true 50 min (round 1: 12.5 % of sampled train episodes passed, 9 kept; " \
-           "fit of runs/r/version_0)" in with_round
+    assert "improve_s0 abc1234 32-true 50 min (round 1: 12.5 % of sampled train episodes passed, 9 kept, " \
+           "99 more optimizer steps; fit of runs/r/version_0)" in with_round
+    assert "200-202 optimizer steps" in with_round  # the round's steps are not a cell's fit
     assert "4 of 9 cells finished" in table and "200-202 optimizer steps" in table
     assert "every batch of every epoch" in table and "differs between cells" not in table
     cells["recovery_s0"]["untrained"]["test_normal"]["tgc"] = 3.3  # e.g. another machine decoding in bf16

@@ -199,7 +199,8 @@ def render_table(cells: dict[str, dict], recipes: list[str], seeds: list[int], c
                                   f"{_spread([r['trained'][s]['sgc'] for r in runs])}" for s in splits)
                      + f" | {better} | {_worst_subtask(runs, splits)} |")
     settings = finished[0]["settings"]
-    steps = [r["training"]["steps"] for r in finished]
+    # an improve cell's fit summary is its round's (more steps on top of a fit like the others')
+    steps = [r["training"]["steps"] for r in finished if not r.get("improve")] or [r["training"]["steps"] for r in finished]
     size = f"{settings['steps_per_epoch']} steps per epoch" if settings["steps_per_epoch"] else "every batch of every epoch"
     step_range = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)}-{max(steps)}"
     lines += ["", f"TGC/SGC in percent of every held-out task (scenario); mean ± standard deviation over the "
@@ -234,6 +235,7 @@ def _diagnostics_block(cells: dict[str, dict], recipes: list[str], seeds: list[i
 def _round_note(record: dict) -> str:
     """An improve cell's rounds: success of the sampled train episodes and how many were kept."""
     return "".join(f" (round {i}: {r['sample_success']:.1f} % of sampled train episodes passed, {r['kept']} kept"
+                   + (f", {record['training']['steps']} more optimizer steps" if i == len(record["improve"]) else "")
                    + (f"; fit of {record['fit'].removeprefix('reused from ')}" if i == 1 and
                       (record.get("fit") or "").startswith("reused") else "") + ")"
                    for i, r in enumerate(record.get("improve") or [], start=1))
