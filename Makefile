@@ -90,7 +90,7 @@ results: install model ## the paper's claims measured: RESULTS.md (SIZE=cpu hour
 known-apis: install model ## re-evaluate the finished results grid with known API names (~6 min per cell, resumable)
 	$(BIN)/python experiments/known_apis.py --root $(WORLD) $(KNOWN_APIS_ARGS)
 
-oracle-planner: install model ## the demo table's trained executors under the ground-truth plan (~10 min per cell, resumable)
+oracle-planner: install model ## the demo table's trained executors under the ground-truth plan (~8 min per cell on 2 cores, resumable)
 	$(BIN)/python experiments/oracle_planner.py --root $(WORLD) $(ORACLE_PLANNER_ARGS)
 
 bench: install model ## benchmarks (full): bench/results.json + BENCHMARKS.md; BENCH_ARGS="--only memory" for one

@@ -1,6 +1,6 @@
 """The demo table's trained executors under a perfect planner: how much of the gap is the planner's?
 
-Reproduces the "Under the ground-truth plan" table of docs/demo-table.md (about 10 minutes per
+Reproduces the "Under the ground-truth plan" table of docs/demo-table.md (about 8 minutes per
 cell on 2 CPU cores):
 
     make oracle-planner                                  # = python experiments/oracle_planner.py
