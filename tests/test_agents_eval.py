@@ -38,6 +38,7 @@ def test_evaluate_system_prints_goal_completion_and_cost(adapters, mini_world_ro
                               progress=False, device="cpu")
     printed = capsys.readouterr().out
     assert "TGC 0.0" in printed and "SGC 0.0" in printed and "cost" in printed
+    assert "diagnostics: 1 of 1 episodes failed" in printed and summary["diagnostics"]["failed"] == 1
     assert summary["goal"]["num_tasks"] == 1 and summary["usage"]["mean_cost"] > 0
     (traj,) = read_trajectories(out)
     assert traj.teacher.startswith("eval:") and traj.usage.llm_calls["planner"] >= 1
@@ -48,7 +49,7 @@ def test_oracle_roles_play_the_ground_truth_plan_beside_the_trained_roles(adapte
     from prost_lightning.env.tasks import load_task
 
     out = tmp_path / "episodes.jsonl"
-    evaluate_system("planner_executor", "test_normal", str(mini_world_root), adapters=str(adapters), max_tasks=2,
+    summary = evaluate_system("planner_executor", "test_normal", str(mini_world_root), adapters=str(adapters), max_tasks=2,
                     limits=Limits(max_subtasks=6, max_steps_per_subtask=1, max_new_tokens=8), out=str(out),
                     progress=False, device="cpu", oracle_roles=["planner"])
     for trajectory in read_trajectories(out):
@@ -57,5 +58,6 @@ def test_oracle_roles_play_the_ground_truth_plan_beside_the_trained_roles(adapte
         assert [s.description for s in trajectory.subtasks] == [step.description for step in plan]
         assert trajectory.teacher.endswith("+oracle:planner") and not trajectory.outcome.success
         assert trajectory.usage.llm_calls["executor"] >= 1
+    assert summary["diagnostics"]["plan"] == {"diverged": 0, "followed": 2, "unknown": 0}  # the failures are the code's
     with pytest.raises(ConfigError, match="not roles of planner_executor"):
         evaluate_system("planner_executor", "dev", str(mini_world_root), adapters=str(adapters), oracle_roles=["agent"])

@@ -168,8 +168,7 @@ def evaluate_phase(name: str, adapters: Path, held_out: dict[str, list[str]], ou
                                   prompt_dir=prompt_dir, out=str(episodes))
         outcomes = [t.outcome for t in read_trajectories(episodes)]
         summary["subtask_error_rates"] = {str(k): round(v, 3) for k, v in subtask_error_rates(outcomes).items()}
-        summary["diagnostics"] = diagnose(episodes, root)
-        results[split] = summary
+        results[split] = summary  # with the failure diagnostics `evaluate_system` counted
     return results
 
 
@@ -179,7 +178,8 @@ def episodes_file(out_dir: Path, team: str, split: str) -> Path:
 
 
 def diagnose(episodes: Path, root: Path) -> dict:
-    """``failure_diagnostics`` of an episodes file, against the ground-truth plans of the world's tasks."""
+    """``failure_diagnostics`` of an episodes file, against the ground-truth plans of the world's tasks
+    (what `prost eval` counts as it plays, for episodes already on disk)."""
     from prost_lightning.agents.episode_summary import failure_diagnostics
     from prost_lightning.trajectory import read_trajectories
 

@@ -2,9 +2,9 @@
 
     prost eval --system planner_executor --split dev --root worlds/mini --adapters runs/x/lightning_logs/version_0
 
-prints TGC/SGC (overall and per difficulty), usage, cost and failure reasons, and returns the same
-as a dict. (``prost validate --ckpt_path ...`` with a RolloutCallback in the config does the same
-inside Lightning.)
+prints TGC/SGC (overall and per difficulty), usage, cost, failure reasons and failure diagnostics
+(``failure_diagnostics``), and returns the same as a dict. (``prost validate --ckpt_path ...``
+with a RolloutCallback in the config does the same inside Lightning.)
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ from pathlib import Path
 
 from prost_lightning.adapters import adapters_base_model, role_adapter_folders
 from prost_lightning.agents import CostModel, Limits, PromptSet, load_tasks, run_episodes, system_roles
-from prost_lightning.agents.episode_summary import episode_progress, format_summary, summarize
+from prost_lightning.agents.episode_summary import (
+    describe_diagnostics,
+    episode_progress,
+    failure_diagnostics,
+    format_summary,
+    summarize,
+)
 from prost_lightning.agents.oracle import OraclePolicy
 from prost_lightning.agents.runner import start_pool
 from prost_lightning.env.tasks import require_world_root
@@ -111,7 +117,9 @@ def evaluate_system(
     if out:
         write_trajectories(out, trajectories)
     summary = summarize(trajectories)
+    summary["diagnostics"] = failure_diagnostics(trajectories, {t.task_id: [s.description for s in t.plan] for t in tasks})
     print(format_summary(summary, title=f"{system} on {split or 'tasks'}"))
+    print(f"  diagnostics: {describe_diagnostics(summary['diagnostics'])}")
     return summary
 
 
