@@ -211,7 +211,8 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
                 write_atomic(episodes_file(out_dir, "untrained", split), (shared / name).read_bytes())
             print(f"[demo] eval_untrained: reused from {shared} (same settings; measured in {kept['seconds']:.0f} s)")
             for split, summary in kept["summaries"].items():  # records older than the diagnostics lack them
-                summary.setdefault("diagnostics", diagnose(episodes_file(out_dir, "untrained", split), evaluation["root"]))
+                if "diagnostics" not in summary:
+                    summary["diagnostics"] = diagnose(episodes_file(out_dir, "untrained", split), evaluation["root"])
             return kept["summaries"], kept["seconds"]
     started = time.monotonic()
     # zero-initialised LoRA B matrices: exactly the base model's outputs, through the same code path

@@ -125,11 +125,13 @@ def add_diagnostics(cells: dict[str, dict], out_dir: Path, root: str) -> list[st
     """The cells whose failure diagnostics were missing (recorded before they existed) and are now
     computed from their episodes on disk; a cell whose folder is gone (another machine) stays without."""
     filled = []
+    if not is_world_root(root):  # the ground-truth plans live in the world
+        return filled
     for name, record in cells.items():
         for team in ("untrained", "trained"):
             for split, summary in record[team].items():
                 episodes = episodes_file(out_dir / name, team, split)
-                if summary.get("diagnostics") is None and episodes.is_file() and is_world_root(root):
+                if summary.get("diagnostics") is None and episodes.is_file():
                     summary["diagnostics"] = diagnose(episodes, Path(root))
                     filled += [name] if name not in filled else []
     return filled
