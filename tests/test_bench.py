@@ -7,8 +7,11 @@ loading, child processes, AppWorld servers); `make test` runs them all.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import tempfile
+from unittest.mock import patch
 
 import pytest
 
@@ -41,8 +44,13 @@ def _check_result(result: dict, name: str) -> None:
 
 
 def _run_quick(tmp_path, name: str, **kwargs) -> dict:
-    out, report = tmp_path / "bench", tmp_path / "BENCHMARKS.md"
-    returned = run(quick=True, only=[name], out=str(out), report=str(report), **kwargs)
+    out, report, scratch = tmp_path / "bench", tmp_path / "BENCHMARKS.md", tmp_path / "tmp"
+    scratch.mkdir()
+    with patch.object(tempfile, "tempdir", str(scratch)):
+        returned = run(quick=True, only=[name], out=str(out), report=str(report), **kwargs)
+        gc.collect()
+    # the run's scratch folders (checkpoints, servers' working folders) are gone with it
+    assert sorted(p.name for p in scratch.glob("prost-*")) == []
     result = returned["benchmarks"][name]
     _check_result(result, name)
     # the files agree with the return value and carry the machine info

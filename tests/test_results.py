@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from prost_lightning.errors import ConfigError
 from prost_lightning.metrics import scenario_goal_completion
 from prost_lightning.results import (
     CELL_FILE,
@@ -147,6 +148,15 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path, monkeypatch):
     assert [c["status"] for c in out["cells"]] == ["planned"] * 12 and out["results_md"] is None
     assert not any(tmp_path.iterdir())
 
+
+
+def test_an_unwritable_results_md_is_refused_before_any_cell_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"--results_md .*a-file is a file"):
+        results(grid=str(GRID), size="cpu", out=str(tmp_path / "runs"), results_md=str(blocker / "R.md"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 # -- the tiny grid end to end ---------------------------------------------------------------------
 

@@ -8,9 +8,11 @@ mini-world episodes through ``engine: vllm``.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
@@ -114,6 +116,22 @@ def test_server_refuses_missing_or_too_large_adapters_before_starting(tmp_path):
     with pytest.raises(ConfigError, match="rank 128 > max_lora_rank 64"):
         InferenceServer(tmp_path, {"planner": big}, python=sys.executable).start()
 
+
+
+def test_servers_leave_no_temp_folder_behind_even_when_never_started_or_stopped(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    idle = InferenceServer(tmp_path, {}, python=sys.executable)  # made, never started
+    assert [folder.name.startswith("prost-serve-") for folder in scratch.iterdir()] == [True]
+    with pytest.raises(ConfigError, match="does not exist"):  # refused before starting: stop() never runs
+        InferenceServer(tmp_path, {"planner": tmp_path / "missing"}, python=sys.executable).start()
+    stopped = InferenceServer(tmp_path, {}, python=sys.executable)
+    stopped.stop()
+    assert len(list(scratch.iterdir())) == 1  # stop() removed its own; the idle one's is still in use
+    del idle, stopped
+    gc.collect()
+    assert list(scratch.iterdir()) == []
 
 # ---- real vLLM (make test-all) ---------------------------------------------------------------
 needs_vllm = pytest.mark.skipif(not serving_available(), reason="no .venv-serve: `make serve-venv`")

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -55,6 +58,18 @@ def venv_python(venv_dirname: str, override_env: str, what: str, install: str) -
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise RuntimeNotInstalled(f"{what} not installed: run `{install}` (looked for {where}; "
                                   f"set {override_env} to use another interpreter)")
+    return path
+
+
+def scratch_folder(owner: object, prefix: str) -> Path:
+    """A new folder in the system temp dir for ``owner`` (a server's working folder and default log).
+
+    Removed when ``owner`` is garbage-collected or at interpreter exit, whichever comes first, so a
+    server object that is never started or never stopped leaves nothing behind; ``stop()`` removes
+    it earlier.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    weakref.finalize(owner, shutil.rmtree, path, ignore_errors=True)
     return path
 
 

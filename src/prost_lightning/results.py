@@ -26,7 +26,6 @@ results.json from the cell folders (docs/results.md: the statistics and the budg
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from prost_lightning.errors import ProstError
-from prost_lightning.files import write_atomic
+from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.sweep import (
     PROST,
     ROLLOUT_CLASS,
@@ -281,7 +280,7 @@ def results(
     folder = Path(out or spec.get("out") or "runs/results") / size
     group = f"{spec['name']}-{size}"
     target = Path(results_md or (spec.get("results") or {}).get(size) or folder / "RESULTS.md")
-    _check_writable(target)
+    check_writable(target, "--results_md")  # before hours of training, not after
     started = time.monotonic()
     if not dry_run and not report_only:
         _collect(spec, [p for p in points if not only or p.name in only])
@@ -325,16 +324,6 @@ def results(
                   spec=spec, size=size, command=command, invocation_s=time.monotonic() - started,
                   wandb=wandb, group=group, unfinished=[c["name"] for c in cells if c["status"] in ("missing", "planned")])
     return {"cells": cells, "results_md": str(target)}
-
-
-def _check_writable(target: Path) -> None:
-    """Fail before hours of training, not after: RESULTS.md's folder must be writable."""
-    parent = target.parent if target.parent != Path("") else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise ResultsError(f"--results_md {target}: cannot write into {probe}; choose another path")
 
 
 def _collect(spec: dict[str, Any], points: list[GridPoint]) -> None:

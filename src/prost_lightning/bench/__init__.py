@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -81,19 +82,20 @@ def run(quick: bool = False, only: list[str] | str | None = None, out: str = "be
 
     names = _chosen(only)
     check_device(device)
-    ctx = Context(quick=quick, device=device, world=world)
     results_path = Path(out) / "results.json"
     data = results_markdown.load(results_path)
     suite = data["suites"].setdefault(device, {"benchmarks": {}})
     suite["machine"] = machine_info(device)
-    for name in names:
-        print(f"[bench] {name}{' (quick)' if quick else ''} on {device} ...", file=sys.stderr, flush=True)
-        result = run_one(name, ctx)
-        suite["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-        # each benchmark keeps the machine and time of its own run: a suite mixes runs of several days
-        suite["benchmarks"][name] = {**result, "machine": suite["machine"], "measured": suite["updated"]}
-        results_markdown.save(results_path, data)  # after each benchmark: a later crash keeps the earlier figures
-        print(results_markdown.console_lines(result), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="prost-bench-") as workdir:
+        ctx = Context(workdir=Path(workdir), quick=quick, device=device, world=world)
+        for name in names:
+            print(f"[bench] {name}{' (quick)' if quick else ''} on {device} ...", file=sys.stderr, flush=True)
+            result = run_one(name, ctx)
+            suite["updated"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            # each benchmark keeps the machine and time of its own run: a suite mixes runs of several days
+            suite["benchmarks"][name] = {**result, "machine": suite["machine"], "measured": suite["updated"]}
+            results_markdown.save(results_path, data)  # after each benchmark: a later crash keeps the earlier figures
+            print(results_markdown.console_lines(result), file=sys.stderr, flush=True)
     suite["benchmarks"] = {n: suite["benchmarks"][n] for n in BENCHMARKS if n in suite["benchmarks"]}
     results_markdown.save(results_path, data)
     if report:

@@ -12,9 +12,8 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,10 +36,10 @@ class Context:
     trains, nf4 (QLoRA) as well. Suites of different devices are reported separately.
     """
 
+    workdir: Path  # scratch folder of this run (checkpoints, trajectories); its owner removes it
     quick: bool = False
     device: str = "cpu"
     world: str = "worlds/mini"  # mini-world root for the rollout benchmark (built when missing)
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="prost-bench-")))
 
     @property
     def dtype(self) -> str:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
 
 from ..errors import ProstError
-from ..process import ManagedProcess, free_port, read_tail
+from ..process import ManagedProcess, free_port, read_tail, scratch_folder
 from .client import EnvClient
 from .runtime import appworld_python
 
@@ -53,7 +52,7 @@ class EnvServer:
         self.startup_timeout_s = startup_timeout_s
         self.call_timeout_s = call_timeout_s
         self.warm = warm
-        self._workdir = Path(tempfile.mkdtemp(prefix="prost-appworld-"))
+        self._workdir = scratch_folder(self, "prost-appworld-")
         self.log_path = Path(log_path) if log_path else self._workdir / "server.log"
         self.port: int | None = None
         self._proc: ManagedProcess | None = None

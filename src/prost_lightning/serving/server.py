@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,14 @@ from pathlib import Path
 
 from prost_lightning.adapters import adapters_base_model, role_adapter_folders
 from prost_lightning.errors import ConfigError, ProstError
-from prost_lightning.process import ManagedProcess, RuntimeNotInstalled, free_port, read_tail, venv_python
+from prost_lightning.process import (
+    ManagedProcess,
+    RuntimeNotInstalled,
+    free_port,
+    read_tail,
+    scratch_folder,
+    venv_python,
+)
 
 SERVE_PYTHON_ENV = "PROST_SERVE_PYTHON"
 SERVE_VENV_DIRNAME = ".venv-serve"
@@ -97,7 +103,7 @@ class InferenceServer:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.python = Path(python) if python else serve_python()
-        self._workdir = Path(tempfile.mkdtemp(prefix="prost-serve-"))
+        self._workdir = scratch_folder(self, "prost-serve-")
         self.log_path = Path(log_path) if log_path else self._workdir / "vllm.log"
         self.startup_timeout_s = startup_timeout_s
         self.port: int | None = None
