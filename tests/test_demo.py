@@ -88,6 +88,11 @@ def test_demo_runs_every_phase_and_writes_a_consistent_report(mini_world_root, c
             assert diagnostics["plan"]["diverged"] + diagnostics["plan"]["followed"] == diagnostics["failed"]
             after = diagnostics["after_error"]
             assert after["errors"] == sum(after[k] for k in ("report", "same_code", "new_code", "none"))
+            # each failure counts against the kind of one true plan step; every episode reached its first step
+            kinds = diagnostics["kinds"]
+            assert sum(n["failed"] for n in kinds.values()) == diagnostics["failed"]
+            assert kinds["login"]["reached"] == 3 and all(n["failed"] <= n["reached"] for k, n in kinds.items()
+                                                          if k != "beyond_plan")
     assert 0 < report["training"]["steps"] <= 2 * 3 and report["training"]["trained_tokens"]
     assert (Path(report["run_dir"]) / "adapters" / "executor" / "adapter_config.json").is_file()
     assert set(report["wall_time_s"]) == {"build_world", "collect", "eval_untrained", "fine_tune",
@@ -157,9 +162,11 @@ def test_table_cells_run_once_share_the_untrained_evaluation_and_resume(cells, m
     older = json.loads(json.dumps(records))
     for split in older["oracle_s0"]["trained"]:
         older["oracle_s0"]["trained"][split]["diagnostics"] = None
+    for split in older["recovery_s0"]["trained"]:  # ... and one from before the per-kind counts gets those
+        del older["recovery_s0"]["trained"][split]["diagnostics"]["kinds"]
     assert table_module.add_diagnostics(older, tmp_path / "elsewhere", options["root"]) == []  # no folder: none
     assert older["oracle_s0"]["trained"]["test_normal"]["diagnostics"] is None
-    assert table_module.add_diagnostics(older, tmp_path / "cells", options["root"]) == ["oracle_s0"]
+    assert table_module.add_diagnostics(older, tmp_path / "cells", options["root"]) == ["oracle_s0", "recovery_s0"]
     assert older == records
     assert "Where the episodes fail" in table
 
@@ -207,7 +214,9 @@ def _record(recipe: str, seed: int, normal: float, challenge: float) -> dict:
         failed = tasks - round(tgc * tasks / 100)
         return {"tgc": tgc, "sgc": tgc / 2, "failures": {}, "subtask_error_rates": errors, "diagnostics": {
             "episodes": tasks, "failed": failed, "plan": {"diverged": failed - 1, "followed": 1, "unknown": 0},
-            "after_error": {"errors": 10, "report": 2, "same_code": 5, "new_code": 3, "repaired": 1, "none": 0}}}
+            "after_error": {"errors": 10, "report": 2, "same_code": 5, "new_code": 3, "repaired": 1, "none": 0},
+            "kinds": {"login": {"reached": tasks, "failed": 0}, "filter": {"reached": tasks, "failed": failed - 1},
+                      "count": {"reached": 2, "failed": 1}}}}
 
     return {"cell": f"{recipe}_s{seed}", "recipe": recipe, "seed": seed, "tasks": {"test_normal": 30, "test_challenge": 15},
             "settings": {"steps_per_epoch": None, "config": "experiments/demo.yaml", "base_model": "smollm2"},
@@ -232,7 +241,8 @@ def test_table_gives_mean_spread_seeds_that_beat_the_untrained_team_and_the_wors
     assert "| + recovery + 1 self-improvement round | 0 of 3 |" in table
     # where they fail, summed over seeds and splits: oracle failed 15 + 18 + 21 + 15 + 12 + 13 of 135
     diagnostics = table.split("Where the episodes fail")[1]
-    assert "| oracle only | 94 of 135 | 88 (94 %) | 60 | 12 (20 %) | 30 (50 %) | 18 (30 %), 6 ran |" in diagnostics
+    assert ("| oracle only | 94 of 135 | 88 (94 %) | 60 | 12 (20 %) | 30 (50 %) | 18 (30 %), 6 ran | "
+            "filter 88 of 135 (65 %), count 6 of 12 (50 %) |") in diagnostics  # login never failed: not shown
     assert "| untrained team | 45 of 45 | 43 (96 %) | 20 |" in diagnostics
     assert "| + recovery + 1 self-improvement round | - | - |" in diagnostics
     improved = {**_record("improve", 0, 20.0, 0.0), "fit": "reused from runs/r/version_0", "training": {"steps": 99},

@@ -66,3 +66,23 @@ def test_every_failed_execution_is_counted_by_what_the_next_reply_did():
     assert line.startswith("1 of 1 episodes failed; the plan diverged from the ground truth by the failed sub-task "
                            "in 0, followed it in 1; 6 failed executions, then: 2 a report without code")
     assert "1 the same code again, 2 new code (1 of it ran), 1 no reply left" in line
+
+
+def test_each_failure_counts_against_the_kind_of_the_true_step_where_it_failed():
+    kinds = {"t_1": ["login", "collect", "filter"]}
+    truth = TRUTH["t_1"]
+    solved = episode(truth, Outcome(success=True, passes=1, num_tests=1))  # reached every step, failed none
+    at_filter = episode(truth, failed_at(3))
+    wrong_plan_at_collect = episode([truth[0], "Collect all my songs into `songs`."], failed_at(2))  # positional
+    past_the_plan = episode([*truth, "Delete them."], failed_at(4))
+    single = episode(["Other."], failed_at(1), system="single")  # no planner: its sub-task is not the plan's
+    unknown_task = episode(["Anything."], failed_at(1), task_id="unknown_1")
+    result = failure_diagnostics([solved, at_filter, wrong_plan_at_collect, past_the_plan, single, unknown_task],
+                                 TRUTH, kinds)
+    assert result["kinds"] == {"beyond_plan": {"reached": 0, "failed": 1}, "collect": {"reached": 4, "failed": 1},
+                               "filter": {"reached": 3, "failed": 1}, "login": {"reached": 4, "failed": 0}}
+    line = describe_diagnostics(result)
+    # ties in failures: the higher share of those that reached the kind first; reached 0 shows the count alone
+    assert "failed most at the true plan's steps of kind login" not in line
+    assert "of kind filter 1 of 3 (33 %), collect 1 of 4 (25 %), beyond_plan 1 (failed there of reached)" in line
+    assert failure_diagnostics([at_filter], TRUTH)["kinds"] == {}  # no kinds known: none counted

@@ -177,15 +177,19 @@ def episodes_file(out_dir: Path, team: str, split: str) -> Path:
     return out_dir / "eval" / f"{team}_{split}.jsonl"
 
 
+def diagnostics_outdated(summary: dict) -> bool:
+    """True for a split's summary recorded before the failure diagnostics, or their per-kind counts, existed."""
+    return "kinds" not in (summary.get("diagnostics") or {})
+
+
 def diagnose(episodes: Path, root: Path) -> dict:
     """``failure_diagnostics`` of an episodes file, against the ground-truth plans of the world's tasks
     (what `prost eval` counts as it plays, for episodes already on disk)."""
-    from prost_lightning.agents.episode_summary import failure_diagnostics
+    from prost_lightning.agents.evaluate import diagnose_against
     from prost_lightning.trajectory import read_trajectories
 
     trajectories = read_trajectories(episodes)
-    plans = {t.task_id: [step.description for step in load_task(root, t.task_id).plan] for t in trajectories}
-    return failure_diagnostics(trajectories, plans)
+    return diagnose_against(trajectories, [load_task(root, task_id) for task_id in {t.task_id for t in trajectories}])
 
 
 def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir: Path, *, roles: list[str],
@@ -210,8 +214,8 @@ def untrained_phase(untrained_dir: Path, held_out: dict[str, list[str]], out_dir
             for split, name in files.items():
                 write_atomic(episodes_file(out_dir, "untrained", split), (shared / name).read_bytes())
             print(f"[demo] eval_untrained: reused from {shared} (same settings; measured in {kept['seconds']:.0f} s)")
-            for split, summary in kept["summaries"].items():  # records older than the diagnostics lack them
-                if "diagnostics" not in summary:
+            for split, summary in kept["summaries"].items():
+                if diagnostics_outdated(summary):
                     summary["diagnostics"] = diagnose(episodes_file(out_dir, "untrained", split), evaluation["root"])
             return kept["summaries"], kept["seconds"]
     started = time.monotonic()

@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from prost_lightning.demo import diagnose, episodes_file, finished_fit
+from prost_lightning.agents.episode_summary import worst_kinds
+from prost_lightning.demo import diagnose, diagnostics_outdated, episodes_file, finished_fit
 from prost_lightning.env.tasks import is_world_root
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import check_writable, write_atomic
@@ -122,8 +123,9 @@ def load_cells(path: Path, settings: dict) -> dict[str, dict]:
 
 
 def add_diagnostics(cells: dict[str, dict], out_dir: Path, root: str) -> list[str]:
-    """The cells whose failure diagnostics were missing (recorded before they existed) and are now
-    computed from their episodes on disk; a cell whose folder is gone (another machine) stays without."""
+    """The cells whose failure diagnostics were missing or outdated (recorded before they, or their
+    per-kind counts, existed) and are now computed from their episodes on disk; a cell whose folder
+    is gone (another machine) keeps what it has."""
     filled = []
     if not is_world_root(root):  # the ground-truth plans live in the world
         return filled
@@ -131,7 +133,7 @@ def add_diagnostics(cells: dict[str, dict], out_dir: Path, root: str) -> list[st
         for team in ("untrained", "trained"):
             for split, summary in record[team].items():
                 episodes = episodes_file(out_dir / name, team, split)
-                if summary.get("diagnostics") is None and episodes.is_file():
+                if diagnostics_outdated(summary) and episodes.is_file():
                     summary["diagnostics"] = diagnose(episodes, Path(root))
                     filled += [name] if name not in filled else []
     return filled
@@ -142,10 +144,15 @@ def render_diagnostics(cells: dict[str, dict], recipes: list[str], seeds: list[i
     def row(label: str, runs: list[dict], team: str) -> str:
         parts = [r[team][s]["diagnostics"] for r in runs for s in r[team] if r[team][s].get("diagnostics")]
         if not parts:
-            return f"| {label} | - | - | - | - | - | - |"
+            return f"| {label} | - | - | - | - | - | - | - |"
         total = {key: sum(p[key] for p in parts) for key in ("episodes", "failed")}
         plan = {key: sum(p["plan"][key] for p in parts) for key in parts[0]["plan"]}
         after = {key: sum(p["after_error"][key] for p in parts) for key in parts[0]["after_error"]}
+        kinds: dict[str, dict[str, int]] = {}
+        for part in parts:
+            for kind, counts in (part.get("kinds") or {}).items():
+                for key, n in counts.items():
+                    kinds.setdefault(kind, {"reached": 0, "failed": 0})[key] += n
 
         def share(n: int, of: int) -> str:
             return f"{n} ({100 * n / of:.0f} %)" if of else f"{n}"
@@ -154,14 +161,16 @@ def render_diagnostics(cells: dict[str, dict], recipes: list[str], seeds: list[i
         return (f"| {label} | {total['failed']} of {total['episodes']} | {share(plan['diverged'], judged)} | "
                 f"{after['errors']} | {share(after['report'], after['errors'])} | "
                 f"{share(after['same_code'], after['errors'])} | "
-                f"{share(after['new_code'], after['errors'])}, {after['repaired']} ran |")
+                f"{share(after['new_code'], after['errors'])}, {after['repaired']} ran | "
+                f"{worst_kinds(kinds) or '-'} |")
 
     finished = [cells[cell_name(r, s)] for r in recipes for s in seeds if cell_name(r, s) in cells]
     if not any(r["trained"][s].get("diagnostics") for r in finished for s in r["trained"]):
         return ""
     lines = ["| team | failed episodes | of them, the plan diverged from the ground truth by the failed sub-task | "
-             "failed executions | then a report without code | the same code again | new code |",
-             "|---|---|---|---|---|---|---|", row("untrained team", finished[:1], "untrained")]
+             "failed executions | then a report without code | the same code again | new code | "
+             "failed most at the true plan's steps of kind (failed there of reached) |",
+             "|---|---|---|---|---|---|---|---|", row("untrained team", finished[:1], "untrained")]
     for recipe in recipes:
         runs = [cells[cell_name(recipe, s)] for s in seeds if cell_name(recipe, s) in cells]
         lines.append(row(RECIPES[recipe]["label"], runs, "trained"))
@@ -231,7 +240,10 @@ def _diagnostics_block(cells: dict[str, dict], recipes: list[str], seeds: list[i
             "the task's ground-truth plan, so the planner chose wrong; otherwise the plan was right and the code "
             "failed. \"Failed executions\": code turns AppWorld answered with \"Execution failed\", by what the same "
             "conversation's next reply did (\"ran\": new code that then ran without error; the errors not in these "
-            "three columns had no reply left: the budget ended the sub-task)."]
+            "three columns had no reply left: the budget ended the sub-task). \"Of kind\": each ground-truth "
+            "plan step has a sub-task kind (the task family's: login, collect, filter, ...); an episode that failed "
+            "in sub-task k counts against the kind of the true plan's step k (beyond_plan: past its last step), "
+            "and as having reached every step up to k; the three kinds with the most failures are shown."]
 
 
 def _round_note(record: dict) -> str:

@@ -28,7 +28,8 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
     }
 
 
-def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, list[str]]) -> dict:
+def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, list[str]],
+                        kinds: dict[str, list[str] | None] | None = None) -> dict:
     """Two counts of why episodes fail that TGC cannot show, as plain counts (they add up over seeds and splits).
 
     ``plan``: of the failed episodes of a system with a planner (and a known failed sub-task k),
@@ -40,6 +41,11 @@ def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, lis
     conversation's next reply: ``report`` (no code: it gave up or claimed success), ``same_code``
     (the failing code again), ``new_code`` (of which ``repaired``: ran without error), ``none``
     (the budget ended the sub-task first).
+    ``kinds``: for each sub-task kind of the ground-truth plans (``kinds``: task id -> the kind of each
+    plan step, e.g. login, collect, filter), in how many episodes of a system with a planner the team
+    ``reached`` the step at that position and how many ``failed`` there; positional, so a failed
+    episode whose plan diverged counts against the kind the true plan has where it failed. A failure
+    past the true plan's last step counts as ``beyond_plan``.
     """
     def norm(text: str) -> str:
         return " ".join(text.split())
@@ -48,19 +54,29 @@ def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, lis
         return norm(steps[i]) if i < len(steps) else None
 
     plan = {"diverged": 0, "followed": 0, "unknown": 0}
+    by_kind: dict[str, dict[str, int]] = {}
     after = {"errors": 0, "report": 0, "same_code": 0, "new_code": 0, "repaired": 0, "none": 0}
     failed = 0
     for trajectory in trajectories:
         outcome = trajectory.outcome
-        if not (outcome and outcome.success):
-            failed += 1
-        if not (outcome and outcome.success) and any(c.role == "planner" for c in trajectory.conversations):
-            truth, k = plans.get(trajectory.task_id), outcome.failed_subtask if outcome else None
+        solved = bool(outcome and outcome.success)
+        k = None if solved or not outcome else outcome.failed_subtask  # the sub-task it failed in
+        planned = any(c.role == "planner" for c in trajectory.conversations)
+        failed += not solved
+        if not solved and planned:
+            truth = plans.get(trajectory.task_id)
             if not truth or not k:
                 plan["unknown"] += 1
             else:
                 emitted = [s.description for s in trajectory.subtasks]
                 plan["diverged" if any(step(emitted, i) != step(truth, i) for i in range(k)) else "followed"] += 1
+        steps = (kinds or {}).get(trajectory.task_id)
+        if steps and planned and (solved or k):
+            for kind in steps[:k]:  # solved (k None): every step was reached
+                by_kind.setdefault(kind, {"reached": 0, "failed": 0})["reached"] += 1
+            if k:
+                failed_kind = steps[k - 1] if k <= len(steps) else "beyond_plan"
+                by_kind.setdefault(failed_kind, {"reached": 0, "failed": 0})["failed"] += 1
         for conversation in trajectory.conversations:
             messages = conversation.messages
             replies = [i for i, m in enumerate(messages) if m.role == "assistant"]
@@ -81,7 +97,20 @@ def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, lis
                 else:
                     after["new_code"] += 1
                     after["repaired"] += int(j + 1 < len(messages) and not is_failed_observation(messages[j + 1].content))
-    return {"episodes": len(trajectories), "failed": failed, "plan": plan, "after_error": after}
+    return {"episodes": len(trajectories), "failed": failed, "plan": plan, "after_error": after,
+            "kinds": dict(sorted(by_kind.items()))}
+
+
+def worst_kinds(by_kind: dict[str, dict[str, int]], most: int = 3) -> str:
+    """The sub-task kinds with the most failures (ties: the higher share of those that reached the kind
+    first), as 'filter 12 of 30 (40 %)' (failed there of reached), or ''."""
+    def share(n: dict[str, int]) -> float:
+        return n["failed"] / n["reached"] if n["reached"] else -1.0
+
+    ranked = sorted((kind for kind, n in by_kind.items() if n["failed"]),
+                    key=lambda kind: (-by_kind[kind]["failed"], -share(by_kind[kind]), kind))[:most]
+    return ", ".join(f"{kind} {by_kind[kind]['failed']} of {by_kind[kind]['reached']} ({100 * share(by_kind[kind]):.0f} %)"
+                     if by_kind[kind]["reached"] else f"{kind} {by_kind[kind]['failed']}" for kind in ranked)
 
 
 def describe_diagnostics(diagnostics: dict) -> str:
@@ -91,6 +120,9 @@ def describe_diagnostics(diagnostics: dict) -> str:
     if plan["diverged"] or plan["followed"]:
         line += (f"; the plan diverged from the ground truth by the failed sub-task in {plan['diverged']}, "
                  f"followed it in {plan['followed']}")
+    worst = worst_kinds(diagnostics.get("kinds") or {})
+    if worst:
+        line += f"; failed most at the true plan's steps of kind {worst} (failed there of reached)"
     line += f"; {after['errors']} failed executions"
     if after["errors"]:
         line += (f", then: {after['report']} a report without code, {after['same_code']} the same code again, "

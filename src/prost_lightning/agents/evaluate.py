@@ -24,7 +24,7 @@ from prost_lightning.agents.episode_summary import (
 )
 from prost_lightning.agents.oracle import OraclePolicy
 from prost_lightning.agents.runner import start_pool
-from prost_lightning.env.tasks import require_world_root
+from prost_lightning.env.tasks import TaskInfo, require_world_root
 from prost_lightning.errors import ConfigError
 from prost_lightning.files import check_writable
 from prost_lightning.trajectory import Trajectory, write_trajectories
@@ -117,10 +117,16 @@ def evaluate_system(
     if out:
         write_trajectories(out, trajectories)
     summary = summarize(trajectories)
-    summary["diagnostics"] = failure_diagnostics(trajectories, {t.task_id: [s.description for s in t.plan] for t in tasks})
+    summary["diagnostics"] = diagnose_against(trajectories, tasks)
     print(format_summary(summary, title=f"{system} on {split or 'tasks'}"))
     print(f"  diagnostics: {describe_diagnostics(summary['diagnostics'])}")
     return summary
+
+
+def diagnose_against(trajectories: list[Trajectory], tasks: list[TaskInfo]) -> dict:
+    """``failure_diagnostics`` of played episodes against their tasks' ground-truth plans and sub-task kinds."""
+    return failure_diagnostics(trajectories, {t.task_id: [step.description for step in t.plan] for t in tasks},
+                               {t.task_id: t.plan_kinds for t in tasks})
 
 
 @contextmanager

@@ -67,6 +67,16 @@ class TaskInfo:
     datetime: str | None = None
     plan_source: str = "none"  # plan.json | compiled_solution.py | solution.py | none
 
+    @property
+    def plan_kinds(self) -> list[str] | None:
+        """The sub-task kind of each ground-truth plan step (login, collect, filter, ...) of a mini-world
+        task, from its family; None for a task of no known family (AppWorld's own, or a family file
+        this process has not loaded)."""
+        from .miniworld.families import FAMILIES
+
+        family = FAMILIES.get(self.family) if self.family else None
+        return list(family.kinds) if family and len(family.kinds) == len(self.plan) else None
+
 
 def data_dir(root: str | Path) -> Path:
     return Path(root) / "data"
