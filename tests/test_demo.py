@@ -274,6 +274,21 @@ def test_a_missing_readme_is_refused_before_any_cell_runs(tmp_path):
     assert not (tmp_path / "cells").exists() and not (tmp_path / "t.json").exists()
 
 
+def test_bad_options_are_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "demo"
+    with pytest.raises(ConfigError, match=r"--pool_size 0 \(must be >= 1\); --improve_samples 0 \(must be >= 1\)"):
+        demo(out=str(out), pool_size=0, improve_samples=0)
+    with pytest.raises(ConfigError, match="--size steps needs --steps_per_epoch"):
+        demo(out=str(out), size="steps")
+    with pytest.raises(ConfigError, match="--steps_per_epoch 4: read only with --size steps"):
+        demo(out=str(out), steps_per_epoch=4)  # size auto would ignore it
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="--out .*a-file is a file"):
+        demo(out=str(blocker / "demo"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # no folder, no placeholder report
+
+
 def test_the_oracle_planner_table_averages_each_recipes_cells():
     import importlib.util
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from prost_lightning.backbone import fast_bf16
 from prost_lightning.env.tasks import is_world_root, load_task, load_task_ids
 from prost_lightning.errors import ConfigError
-from prost_lightning.files import write_atomic
+from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.metrics import scenario_of
 
 
@@ -175,6 +175,14 @@ def evaluate_phase(name: str, adapters: Path, held_out: dict[str, list[str]], ou
 def episodes_file(out_dir: Path, team: str, split: str) -> Path:
     """Where a demo run keeps a team's (untrained | trained) episodes of one held-out split."""
     return out_dir / "eval" / f"{team}_{split}.jsonl"
+
+
+def _check_counts(options: dict[str, tuple[float | None, float]]) -> None:
+    """Refuse, before any work, options below their minimum ({name: (value, minimum)}; None = not given)."""
+    bad = [f"--{name} {value} (must be >= {low})" for name, (value, low) in options.items()
+           if value is not None and value < low]
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def diagnostics_outdated(summary: dict) -> bool:
@@ -375,13 +383,23 @@ def demo(
 
     started = time.monotonic()
     out_dir, root_dir = Path(out), Path(root)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "report.json", "{}\n")  # an unwritable output fails now, not after 30 minutes
+    check_writable(out_dir, "--out", folder=True)  # an unwritable output fails now, not after 30 minutes
     if size not in ("auto", "full", "steps"):
         raise ConfigError(f"size: '{size}' is not one of auto | full | steps")
+    _check_counts({"pool_size": (pool_size, 1), "improve_rounds": (improve_rounds, 0),
+                   "improve_samples": (improve_samples, 1), "time_budget_s": (time_budget_s, 1),
+                   "max_new_tokens": (max_new_tokens, 1), "planner_max_new_tokens": (planner_max_new_tokens, 1),
+                   "max_steps_per_subtask": (max_steps_per_subtask, 1), "max_subtasks": (max_subtasks, 1),
+                   "eval_scenarios": (eval_scenarios, 1), "train_variants": (train_variants, 1),
+                   "steps_per_epoch": (steps_per_epoch, 1)})
+    if (size == "steps") != (steps_per_epoch is not None):  # found now, not after the untrained evaluation
+        raise ConfigError("--size steps needs --steps_per_epoch N" if size == "steps" else
+                          f"--steps_per_epoch {steps_per_epoch}: read only with --size steps (here --size {size}); "
+                          "add --size steps or leave --steps_per_epoch out")
     if fit_from and not finished_fit(Path(fit_from)):
         raise ConfigError(f"--fit_from {fit_from}: not a finished fit (it needs adapters/ and checkpoints/*.ckpt); "
                           "give a lightning_logs/version_N folder of `prost fit`, or leave --fit_from out")
+    out_dir.mkdir(parents=True, exist_ok=True)
     bf16 = fast_bf16() if precision == "auto" else precision.startswith("bf16")
     precision = precision if precision != "auto" else ("bf16-mixed" if bf16 else "32-true")
     roles = list(system_roles(system))

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from prost_lightning.errors import ConfigError
-from prost_lightning.files import write_atomic
+from prost_lightning.files import check_writable, write_atomic
 from prost_lightning.trajectory import Trajectory, read_trajectories, write_trajectories
 
 # never sampled from: model selection and the held-out evaluation read these
@@ -222,9 +222,7 @@ def improve(
     root_path = require_world_root(root)
     previous = _run_dir(run)
     teacher = read_trajectories(teacher_file)
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "report.json", "{}\n")  # fail now, not after an hour, when out is not writable
+    out_dir = check_writable(out, "--out", folder=True)  # fails now, not after an hour
     roles = system_roles(system)
     held = {t for name, ids in load_splits(root_path).items() if name.startswith(HELD_OUT_PREFIXES) for t in ids}
     leaked = sorted(held & set(task_ids or []))
@@ -233,6 +231,7 @@ def improve(
     tasks = load_tasks(root_path, split, task_ids, max_tasks)
     if eval_split is not None and eval_split == split:
         raise ConfigError(f"eval_split '{eval_split}' is the split sampled from; evaluate on a held-out split")
+    out_dir.mkdir(parents=True, exist_ok=True)
     dtype = ("bfloat16" if fast_bf16() else "float32") if dtype == "auto" else dtype
     limits = Limits(max_subtasks=max_subtasks, max_steps_per_subtask=max_steps_per_subtask,
                     max_new_tokens=max_new_tokens, role_max_new_tokens={"planner": planner_max_new_tokens})
