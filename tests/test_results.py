@@ -354,3 +354,26 @@ def test_the_wandb_results_sweep_runs_every_cell_of_the_grid_once(spec, tmp_path
                           "--out", str(tmp_path / "runs")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"[dry run] {cells[0]}:" in out.stdout
+
+
+def test_git_commit_marks_changed_code_but_not_the_runs_own_outputs(tmp_path, monkeypatch):
+    import subprocess
+
+    from prost_lightning.results import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "table.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    monkeypatch.chdir(tmp_path / "results")  # paths are relative to where the run started
+    (tmp_path / "results" / "table.json").write_text('{"cells": {}}\n')  # the run wrote its summary
+    assert git_commit() == f"{head} with uncommitted changes"
+    assert git_commit(outputs=["table.json"]) == head
+    (tmp_path / "code.py").write_text("x = 2\n")  # the code changed: always marked
+    assert git_commit(outputs=["table.json"]) == f"{head} with uncommitted changes"

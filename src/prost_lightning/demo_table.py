@@ -359,7 +359,7 @@ def demo_table(
         if report_only:
             continue
         shutil.rmtree(folder, ignore_errors=True)  # whatever a killed attempt left is redone, not trusted
-        commit = git_commit()  # the code the cell starts from
+        commit = git_commit(outputs=[summary_path, table_path, *([readme] if readme else [])])  # the code the cell starts from
         _run(run, f"{cell_name(recipe, seed)}: prost demo", again="prost demo-table")
         report = json.loads((folder / "report.json").read_text())
         cells[cell_name(recipe, seed)] = cell_record(recipe, seed, settings, report, commit)

@@ -26,10 +26,12 @@ results.json from the cell folders (docs/results.md: the statistics and the budg
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,12 +202,14 @@ def run_cell(spec: dict[str, Any], point: GridPoint, size: str, folder: Path, se
     return record
 
 
-def git_commit() -> str:
-    """The checkout's short HEAD, marked when tracked files differ from it."""
+def git_commit(outputs: Sequence[str | os.PathLike] = ()) -> str:
+    """The checkout's short HEAD, marked when tracked files differ from it; ``outputs`` (tracked files
+    the run itself rewrites, such as a summary committed with its results) do not count."""
+    excluded = [f":(exclude){Path(path)}" for path in outputs]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", *excluded],
+                               capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
     return head + (" with uncommitted changes" if dirty else "")
