@@ -30,7 +30,7 @@ def summarize(trajectories: Sequence[Trajectory]) -> dict:
 
 def failure_diagnostics(trajectories: Sequence[Trajectory], plans: dict[str, list[str]],
                         kinds: dict[str, list[str] | None] | None = None) -> dict:
-    """Two counts of why episodes fail that TGC cannot show, as plain counts (they add up over seeds and splits).
+    """Three counts of why episodes fail that TGC cannot show, as plain counts (they add up over seeds and splits).
 
     ``plan``: of the failed episodes of a system with a planner (and a known failed sub-task k),
     ``diverged`` when the planner's sub-tasks 1..k differ from the task's ground-truth plan
