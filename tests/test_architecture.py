@@ -154,11 +154,22 @@ def test_every_trainer_comes_from_the_prost_fit_cli(tmp_path):
     assert hand_built_trainers(checker) == [2, 3, 4]
 
 
+def top_level_modules_and_packages() -> list[str]:
+    names = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    return sorted(names + [p.name + "/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()])
+
+
 def test_the_readme_layout_names_every_top_level_module_and_package():
     """A newcomer finds every module of the package in the README's layout section."""
     readme = (PACKAGE.parents[1] / "README.md").read_text(encoding="utf-8")
     layout = readme.split("## Layout", 1)[1].split("```")[1]
-    names = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
-    names += [p.name + "/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
-    missing = [n for n in sorted(names) if n not in layout]
+    missing = [n for n in top_level_modules_and_packages() if n not in layout]
     assert not missing, f"README.md's layout does not list {missing}"
+
+
+def test_the_architecture_page_says_who_owns_every_top_level_module_and_package():
+    """docs/architecture.md's ownership table keeps up with the package (it had fallen behind once)."""
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    owners = page.split("## Who owns what", 1)[1].split("\n## ", 1)[0]
+    missing = [n for n in top_level_modules_and_packages() if f"`{n}" not in owners]
+    assert not missing, f"docs/architecture.md's 'Who owns what' does not name {missing}"
