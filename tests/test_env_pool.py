@@ -201,7 +201,10 @@ def test_server_exits_when_its_parent_dies(mini_world_root, tmp_path):
         print(server.pid, flush=True)
         time.sleep(120)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    # the parent's temporary folders go to tmp_path: a parent killed outright cannot remove the
+    # server's working folder (docs/runtime.md), and the suite must not leave it in /tmp
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path)})
     try:
         server_pid = int(parent.stdout.readline())
         parent.kill()
@@ -210,6 +213,7 @@ def test_server_exits_when_its_parent_dies(mini_world_root, tmp_path):
         while time.monotonic() < deadline and not _pid_gone(server_pid):
             time.sleep(0.2)
         assert _pid_gone(server_pid)
+        assert any(p.name.startswith("prost-appworld-") for p in tmp_path.iterdir())  # with its log
     finally:
         parent.kill()
 
