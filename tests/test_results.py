@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from prost_lightning.results import (
     ResultsError,
     cell_finished,
     eval_settings,
+    git_commit,
     load_results_spec,
     progress_line,
     results,
@@ -342,9 +345,6 @@ def test_the_committed_results_md_parses_and_agrees_with_its_results_json():
 
 def test_the_wandb_results_sweep_runs_every_cell_of_the_grid_once(spec, tmp_path):
     """Its `only` values are the cpu grid's cells, and what an agent runs parses as `prost results`."""
-    import subprocess
-    import sys
-
     sweep = yaml.safe_load((ROOT / "experiments" / "wandb_results_sweep.yaml").read_text())
     assert sweep["method"] == "grid" and sweep["command"][-1] == "${args}" and "results" in sweep["command"]
     cells = [yaml.safe_load(v)[0] for v in sweep["parameters"]["only"]["values"]]
@@ -357,10 +357,6 @@ def test_the_wandb_results_sweep_runs_every_cell_of_the_grid_once(spec, tmp_path
 
 
 def test_git_commit_marks_changed_code_but_not_the_runs_own_outputs(tmp_path, monkeypatch):
-    import subprocess
-
-    from prost_lightning.results import git_commit
-
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
 
