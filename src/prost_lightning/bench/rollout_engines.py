@@ -9,7 +9,9 @@ played on one server pool, one engine after the other:
   batch, continuous batching, drafts checked in the decode pass) in fp32, so the ratio to
   ``hf_generate`` is the engine's alone;
 - ``hf_bf16``: the same in bf16 weights and caches, the dtype ``prost demo`` evaluates in on CPUs
-  with AVX512-BF16 or AMX (skipped on others, where bf16 is emulated and slow).
+  with AVX512-BF16 or AMX (skipped on others, where bf16 is emulated and slow);
+- ``hf_step_tokens_16``: the default engine with the step cap it had before (16 tokens per decode
+  step instead of 32), run last: what the higher cap saves on the same episodes.
 
 Reported per engine: episodes/min, prompt tokens processed vs served from cache, generated
 tokens/s, TGC, and whether every action of every episode was the one ``hf_generate`` played. Target:
@@ -34,6 +36,7 @@ from prost_lightning.bench.rollouts import world_root
 
 TARGET_SPEEDUP = 4.0
 ENGINES = ("hf_generate", "hf", "hf_bf16")
+VARIANTS = {"hf_step_tokens_16": {"step_tokens": 16}}  # the default engine with one LocalEngine argument changed
 SCENARIOS = 3  # the first 3 scenarios of the demo's held-out split: 9 episodes, as measured since the start
 COMPACT_PROMPTS = Path("experiments/prompts/compact")
 
@@ -52,6 +55,7 @@ def run(ctx: Context) -> dict:
     from prost_lightning.agents import load_tasks, run_episodes, system_roles
     from prost_lightning.agents.evaluate import load_trained
     from prost_lightning.agents.factory import model_policies
+    from prost_lightning.agents.local_engine import LocalEngine
     from prost_lightning.agents.prompts import PromptSet
     from prost_lightning.demo import held_out_tasks
     from prost_lightning.env.pool import ServerPool
@@ -79,21 +83,30 @@ def run(ctx: Context) -> dict:
         models = {engine: model for engine in engines}
         if "hf_bf16" in engines:
             models["hf_bf16"] = load_trained(roles, adapters=adapters, base_model=model_name, dtype="bfloat16")[0]
+        default = engines[-1]  # the demo's dtype: bf16 where it is fast
+        models.update({name: models[default] for name in VARIANTS})
     rec.settings = {"world": str(root), "tasks": ids, "system": system, "model": model_name,
                     "adapters": os.environ.get("PROST_BENCH_ADAPTERS") or "untrained (zero-initialised LoRA)",
                     "limits": vars(limits), "prompts": str(COMPACT_PROMPTS), "servers": len(tasks),
-                    "order": list(engines), "greedy": True}
+                    "order": [*engines, *VARIANTS], "greedy": True}
     played, seconds, stats = {}, {}, {}
     with ServerPool(root, size=len(tasks)) as pool:
-        for engine in engines:
-            policies = model_policies(models[engine], tokenizer, roles, adapter_for, num_parameters=params,
-                                      max_batch_size=len(tasks) * len(roles), engine=engine.removesuffix("_bf16"))
+        for engine in [*engines, *VARIANTS]:
+            batch = len(tasks) * len(roles)
+            if engine in VARIANTS:
+                shared = LocalEngine(models[engine], tokenizer, {r: adapter_for(r) for r in roles}, max_batch_size=batch,
+                                     num_parameters=params, **VARIANTS[engine])
+                policies = {r: shared for r in roles}
+            else:
+                policies = model_policies(models[engine], tokenizer, roles, adapter_for, num_parameters=params,
+                                          max_batch_size=batch, engine=engine.removesuffix("_bf16"))
             started = time.perf_counter()
             played[engine] = run_episodes(system, tasks, pool, policies, limits=limits, prompts=prompts)
             seconds[engine] = time.perf_counter() - started
             shared = policies[roles[0]]
             stats[engine] = shared.stats.as_dict() if hasattr(shared, "stats") else None
 
+    engines = [*engines, *VARIANTS]
     for engine in engines:
         trajectories = played[engine]
         prompt = sum(sum(t.usage.prompt_tokens.values()) for t in trajectories)
@@ -123,7 +136,6 @@ def run(ctx: Context) -> dict:
         rec.figure(f"token_rate_{engine}_vs_hf_generate", rec.figures[f"{engine}_generated_tokens_per_s"]["value"]
                    / rec.figures["hf_generate_generated_tokens_per_s"]["value"], "x",
                    f"generated tokens/s of {engine} / of hf_generate")
-    default = engines[-1]  # the demo's dtype: bf16 where it is fast
     rec.target(f"speedup_{default}_vs_hf_generate", ">=", TARGET_SPEEDUP,
                "see docs/rollouts.md for what bounds the ratio on 2 cores")
     if any(rec.figures[f"{e}_tgc"]["value"] != rec.figures["hf_generate_tgc"]["value"] for e in engines):
