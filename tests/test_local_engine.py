@@ -83,6 +83,25 @@ def test_mixed_role_batches_equal_plain_generate_and_reuse_prefixes(tiny_team):
     assert engine.stats.cached_tokens > 0 and 0 < engine.stats.cache_share < 1
 
 
+def test_rows_admitted_together_share_prefill_passes(tiny_team):
+    """One role's episodes starting together: the first prefills the system prompt alone, the others
+    then start from it and prefill together, shorter prompts re-feeding cached tokens to line up; a
+    prompt much longer than the rest has its own pass."""
+    m = tiny_team
+    system = {"role": "system", "content": "You are the planner of a team. Reply with python code."}
+    users = ["Show the alarms.", "Show the alarms!!", "Show the alarms?", "Show all alarms.", "Show the alarms. " * 5]
+    requests = [GenerationRequest(role="planner", max_new_tokens=6, conversation=f"ep{i}/0",
+                                  messages=[system, {"role": "user", "content": text}]) for i, text in enumerate(users)]
+    engine = LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, draft_tokens=0)
+    passes = []
+    engine._prefill = lambda group, prefill=engine._prefill: (passes.append(len(group)), prefill(group))[1]
+    fast = engine.generate(requests)
+    assert [g.text for g in fast] == [g.text for g in _plain(m, requests)]
+    assert passes == [1, 1, 3]  # the leader; the long prompt; the three within PREFILL_SLACK of each other
+    assert fast[0].cached_tokens == 0 and all(g.cached_tokens > 0 for g in fast[1:])
+    assert engine.stats.forward_passes == 3 + 5  # three prefills, then one decode pass per further token
+
+
 def test_requests_joining_a_running_batch_get_plain_generate_replies(tiny_team):
     """Continuous batching: rows join while others decode, wait for a free row, leave as they finish."""
     m = tiny_team

@@ -70,16 +70,10 @@ class SlotCache:
         self.lengths.clear()
 
     # -- plans of the next forward pass ----------------------------------------------------------
-    def plan_prefill(self, slot: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask, position ids) for ``count`` new tokens of ``slot`` after the ones it holds."""
-        start = self.lengths[slot]
-        end = start + count
-        self._reserve(self.used, end)
-        self._write = ("prefill", slot, start, end)
-        positions = torch.arange(start, end, device=self.device)
-        allowed = torch.arange(end, device=self.device)[None, :] <= positions[:, None]
-        self.lengths[slot] = end
-        return self._mask(allowed[None, None]), positions[None]
+    def plan_prefill(self, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask, position ids) for ``count`` new tokens of every slot from ``first`` on (rows that
+        joined together), each after the tokens it holds."""
+        return self._plan(first, count)
 
     def plan_decode(self, count: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask, position ids) for ``count`` new tokens of every used slot, in slot order.
@@ -87,15 +81,18 @@ class SlotCache:
         Every slot's length grows by ``count``; :meth:`truncate` takes back tokens that are not kept
         (rejected draft tokens), whose keys/values are then overwritten by later steps.
         """
-        lengths = torch.tensor(self.lengths, device=self.device)
-        width = max(self.lengths) + count
+        return self._plan(0, count)
+
+    def _plan(self, first: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.lengths[first:]
+        width = max(starts) + count
         self._reserve(self.used, width)
         offsets = torch.arange(count, device=self.device)
-        positions = lengths[:, None] + offsets[None, :]
-        rows = torch.arange(self.used, device=self.device)[:, None].expand(-1, count)
-        self._write = ("decode", rows, positions, width)
+        positions = torch.tensor(starts, device=self.device)[:, None] + offsets[None, :]
+        rows = torch.arange(first, self.used, device=self.device)[:, None].expand(-1, count)
+        self._write = (rows, positions, first, width)
         allowed = torch.arange(width, device=self.device)[None, None, :] <= positions[:, :, None]
-        self.lengths = [n + count for n in self.lengths]
+        self.lengths[first:] = [n + count for n in starts]
         return self._mask(allowed[:, None]), positions
 
     def truncate(self, slot: int, length: int) -> None:
@@ -110,15 +107,10 @@ class SlotCache:
     # -- the model's side --------------------------------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         keys, values = self.keys[layer_idx], self.values[layer_idx]
-        if self._write[0] == "prefill":
-            _, slot, start, end = self._write
-            keys[slot, :, start:end] = key_states[0]
-            values[slot, :, start:end] = value_states[0]
-            return keys[slot:slot + 1, :, :end], values[slot:slot + 1, :, :end]
-        _, rows, positions, width = self._write
+        rows, positions, first, width = self._write
         keys[rows, :, positions] = key_states.transpose(1, 2)
         values[rows, :, positions] = value_states.transpose(1, 2)
-        return keys[:self.used, :, :width], values[:self.used, :, :width]
+        return keys[first:self.used, :, :width], values[first:self.used, :, :width]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return max(self.lengths, default=0)

@@ -11,8 +11,9 @@ follow the longest cached prefix (of the same adapter, since LoRA changes the ke
     engine.stats.cache_share                     # prompt tokens served from cache / prompt tokens
 
 It is also a :class:`~prost_lightning.agents.policy.StreamingPolicy`: ``submit`` queues a request
-and each ``step`` admits queued requests into the running batch (prefilled alone, on their new
-tokens only, straight into a free slot of the batch cache) and decodes one token for every row.
+and each ``step`` admits queued requests into the running batch (prefilled on their new tokens only,
+straight into a free slot of the batch cache, requests of one adapter that arrive together in one
+pass) and decodes one token for every row.
 A finished row leaves at once and a new one can take its place on the next step (continuous
 batching: ``run_episodes`` sends a finished reply to its environment call while the other rows
 keep decoding). Each row goes through its own adapter in the same forward pass
@@ -54,6 +55,9 @@ from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, StreamingPolicy
 
 SHARED_PREFIX = "shared:"  # cache keys of system-prompt prefixes, kept across episodes
+# tokens a row may re-feed to share another row's prefill pass: a pass's fixed cost (a read of every
+# weight) is about what 30 prefill tokens cost on a 2-core CPU in fp32 (docs/rollouts.md)
+PREFILL_SLACK = 24
 
 @dataclass
 class EngineStats:
@@ -240,34 +244,71 @@ class LocalEngine(StreamingPolicy):
 
     def _admit(self) -> list[_Row]:
         """Prefill waiting rows into free slots; returns those whose first token already ends them."""
-        done = []
-        mid_reply = bool(self._rows)  # rows of earlier steps are decoding
-        while self._waiting and len(self._rows) < self.max_batch_size:
-            row = self._waiting.popleft()
-            self.stats.joined_running_batch += mid_reply
-            self._prefill(row)
-            if self._accept(row, row.pending):
-                self._finish(len(self._rows) - 1)
-                done.append(row)
+        admitted = []
+        while self._waiting and len(self._rows) + len(admitted) < self.max_batch_size:
+            admitted.append(self._waiting.popleft())
+        self.stats.joined_running_batch += len(admitted) if self._rows else 0  # rows of earlier steps are decoding
+        first = len(self._rows)
+        # the first row of each system prompt not cached yet goes first: the others then start from it
+        leaders, seen = [], set()
+        for row in admitted:
+            prefix = self._system_prefix(row)
+            if prefix is not None and prefix[0] not in self._cache and prefix[0] not in seen:
+                seen.add(prefix[0])
+                leaders.append(row)
+        led = {row.ticket for row in leaders}
+        for rows in (leaders, [row for row in admitted if row.ticket not in led]):
+            for group in self._prefill_groups(rows):
+                self._prefill(group)
+        finished = [slot for slot in range(first, len(self._rows)) if self._accept(self._rows[slot], self._rows[slot].pending)]
+        done = [self._rows[slot] for slot in finished]
+        for slot in reversed(finished):  # from the end: a removed slot is refilled by the last one
+            self._finish(slot)
         return done
 
-    def _prefill(self, row: _Row) -> None:
-        entry, reused = self._lookup(row)
-        # at least one prompt token is fed: its logits give the first reply token
-        reused = min(reused, len(row.ids) - 1)
-        row.reused = reused
-        slot = self._slots.add(entry.kv if reused else None, reused)
-        self._rows.append(row)
-        mask, positions = self._slots.plan_prefill(slot, len(row.ids) - reused)
-        logits = self._forward(torch.tensor([row.ids[reused:]], device=self._slots.device), mask, positions,
-                               [row.adapter])
-        row.fed = list(row.ids)
-        row.context = NgramIndex(list(row.ids))
-        row.pending = self._pick(logits, [row])[0]
-        self.stats.calls += 1
-        self.stats.prompt_tokens += len(row.ids)
-        self.stats.cached_tokens += reused
-        self._remember_system_prefix(row, slot)
+    def _prefill_groups(self, rows: list[_Row]) -> list[list[tuple[_Row, _Entry | None, int]]]:
+        """Rows admitted together, in groups that share one prefill pass: (row, cached entry, new tokens).
+
+        A pass costs a weight read whatever it feeds, so rows of one adapter go together when their
+        new tokens are within ``PREFILL_SLACK`` of the group's most: every row of a group feeds that
+        many tokens, a row with fewer re-feeding the last of its cached ones, so that each row's last
+        prompt token (whose logits give its first reply token) is the pass's last position.
+        """
+        planned = []
+        for row in rows:
+            entry, reused = self._lookup(row)
+            # at least one prompt token is fed: its logits give the first reply token
+            planned.append((row, entry, len(row.ids) - min(reused, len(row.ids) - 1)))
+        groups: list[list] = []
+        for item in sorted(planned, key=lambda p: -p[2]):
+            row, _, new = item
+            group = next((g for g in groups if g[0][0].adapter == row.adapter and new >= g[0][2] - PREFILL_SLACK
+                          and len(row.ids) >= g[0][2]), None)
+            if group is None:
+                groups.append([item])
+            else:
+                group.append(item)
+        return groups
+
+    def _prefill(self, group: list[tuple[_Row, _Entry | None, int]]) -> None:
+        count = group[0][2]  # the group's most new tokens
+        first = len(self._rows)
+        for row, entry, _ in group:
+            row.reused = len(row.ids) - count
+            self._slots.add(entry.kv if row.reused else None, row.reused)
+            self._rows.append(row)
+        rows = [row for row, _, _ in group]
+        mask, positions = self._slots.plan_prefill(first, count)
+        logits = self._forward(torch.tensor([row.ids[row.reused:] for row in rows], device=self._slots.device),
+                               mask, positions, [row.adapter for row in rows])
+        for slot, (row, pick) in enumerate(zip(rows, self._pick(logits, rows), strict=True), start=first):
+            row.fed = list(row.ids)
+            row.context = NgramIndex(list(row.ids))
+            row.pending = pick
+            self.stats.calls += 1
+            self.stats.prompt_tokens += len(row.ids)
+            self.stats.cached_tokens += row.reused
+            self._remember_system_prefix(row, slot)
 
     def _decode(self) -> list[_Row]:
         """One forward pass for every running row; returns the rows it finished (they have left the batch).
@@ -411,20 +452,25 @@ class LocalEngine(StreamingPolicy):
         self._cache[key] = _Entry(row.adapter, list(row.fed), self._slots.export(slot, len(row.fed)))
         self._cache.move_to_end(key)
 
-    def _remember_system_prefix(self, row: _Row, slot: int) -> None:
-        """Keep the system prompt's keys/values so later episodes of the role start from them."""
+    def _system_prefix(self, row: _Row) -> tuple[str, list[int]] | None:
+        """(cache key, tokens) of the row's system prompt, if it opens with one that is worth keeping."""
         messages = row.request.messages
         if not messages or messages[0].get("role") != "system":
-            return
+            return None
         text = messages[0]["content"]
         ids = self._system_ids.get(text)
         if ids is None:
             rendered = self.tokenizer.apply_chat_template(messages[:1], tokenize=False)
             ids = self._system_ids[text] = list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        key = f"{SHARED_PREFIX}{row.adapter}:{hash(text)}"
-        if key in self._cache or len(ids) >= len(row.ids) or row.ids[:len(ids)] != ids:
-            return
-        self._cache[key] = _Entry(row.adapter, ids, self._slots.export(slot, len(ids)))
+        if len(ids) >= len(row.ids) or row.ids[:len(ids)] != ids:
+            return None
+        return f"{SHARED_PREFIX}{row.adapter}:{hash(text)}", ids
+
+    def _remember_system_prefix(self, row: _Row, slot: int) -> None:
+        """Keep the system prompt's keys/values so later episodes of the role start from them."""
+        prefix = self._system_prefix(row)
+        if prefix is not None and prefix[0] not in self._cache:
+            self._cache[prefix[0]] = _Entry(row.adapter, prefix[1], self._slots.export(slot, len(prefix[1])))
 
     def _evict(self) -> None:
         total = self.cached_tokens
