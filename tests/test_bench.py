@@ -23,8 +23,9 @@ from prost_lightning.errors import ConfigError
 _SIGNED = ("http_overhead_", "max_difference_")  # timing differences (noise), output differences (0 when equal)
 # untrained teams may solve nothing; one short episode may offer no draft; bf16 may round to other replies
 _MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc", "hf_bf16_tgc", "hf_step_tokens_16_tgc",
-                "hf_draft_acceptance", "hf_bf16_draft_acceptance", "hf_step_tokens_16_draft_acceptance", "identical_episodes_hf_bf16", "team_transformers_attention_same_replies",
-                "single_transformers_attention_same_replies")
+                "hf_draft_acceptance", "hf_bf16_draft_acceptance", "hf_step_tokens_16_draft_acceptance",
+                "identical_episodes_hf_bf16", "identical_episodes_hf_step_tokens_16",
+                "team_transformers_attention_same_replies", "single_transformers_attention_same_replies")
 
 
 def _check_result(result: dict, name: str) -> None:
@@ -112,7 +113,8 @@ def test_rollout_engines_quick(tmp_path, mini_world_root):
     result = _run_quick(tmp_path, "rollout_engines", world=str(mini_world_root))
     figures = result["figures"]
     assert figures["identical_episodes_hf"]["value"] == 1.0  # greedy fp32: both engines play the same actions
-    assert figures["identical_episodes_hf_step_tokens_16"]["value"] == 1.0  # the step cap changes speed, not replies
+    if "hf_bf16" not in result["settings"]["order"]:  # the variant runs in the default dtype: fp32 here
+        assert figures["identical_episodes_hf_step_tokens_16"]["value"] == 1.0  # the cap changes speed, not replies
     assert figures["hf_tgc"]["value"] == figures["hf_generate_tgc"]["value"]
     assert figures["hf_cache_share"]["value"] > 0.3
     assert figures["hf_prompt_tokens"]["value"] == figures["hf_generate_prompt_tokens"]["value"]

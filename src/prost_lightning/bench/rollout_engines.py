@@ -94,9 +94,9 @@ def run(ctx: Context) -> dict:
         for engine in [*engines, *VARIANTS]:
             batch = len(tasks) * len(roles)
             if engine in VARIANTS:
-                shared = LocalEngine(models[engine], tokenizer, {r: adapter_for(r) for r in roles}, max_batch_size=batch,
-                                     num_parameters=params, **VARIANTS[engine])
-                policies = {r: shared for r in roles}
+                local = LocalEngine(models[engine], tokenizer, {r: adapter_for(r) for r in roles}, max_batch_size=batch,
+                                    num_parameters=params, **VARIANTS[engine])
+                policies = {r: local for r in roles}
             else:
                 policies = model_policies(models[engine], tokenizer, roles, adapter_for, num_parameters=params,
                                           max_batch_size=batch, engine=engine.removesuffix("_bf16"))
