@@ -56,7 +56,7 @@ from .policy import Generation, GenerationRequest, StreamingPolicy
 
 SHARED_PREFIX = "shared:"  # cache keys of system-prompt prefixes, kept across episodes
 # tokens a row may re-feed to share another row's prefill pass: a pass's fixed cost (a read of every
-# weight) is about what 30 prefill tokens cost on a 2-core CPU in fp32 (docs/rollouts.md)
+# weight) is about what 30 prefill tokens cost on a 2-core CPU in fp32 (profiled, docs/rollouts.md)
 PREFILL_SLACK = 24
 
 @dataclass
