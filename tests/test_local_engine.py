@@ -216,6 +216,33 @@ def test_single_adapter_steps_run_on_merged_weights_with_plain_generate_replies(
         assert [g.text for g in replies[merged]] == [g.text for g in plain]
 
 
+def test_float32_passes_run_on_packed_weights_with_pefts_logits():
+    """In float32 on a CPU the frozen base weights and the merged adapter weights are packed once
+    (packed_linear): a pass of one adapter runs no F.linear at all, a mixed pass only the small LoRA
+    stacks', and both give PEFT's logits, as the unpacked engine does."""
+    m = _team("tiny", 0.5, role_overrides={"planner": {"r": 8}})
+    ids = torch.tensor([[5, 17, 33, 2, 9, 41], [7, 7, 12, 30, 1, 3]])
+    engines = {packed: LocalEngine(m.model, m.tokenizer, {r: r for r in ROLES}, packed_weights=packed)
+               for packed in (True, False)}
+    for adapters, linear_calls in ((["planner", "planner"], 0), (["planner", "executor"], 2 * len(engines[True]._lora.layers))):
+        with torch.no_grad():
+            expected = m.model(input_ids=ids, adapter_names=adapters).logits
+        for packed, engine in engines.items():
+            with engine._inference():
+                engine._lora.route(adapters)
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                    got = engine._base(input_ids=ids).logits
+            calls = {e.key: e.count for e in prof.key_averages()}
+            assert torch.allclose(got, expected, atol=1e-4), (packed, adapters)
+            if packed:
+                assert calls.get("aten::linear", 0) == linear_calls and calls["mkldnn::_linear_pointwise"] > 0
+            else:
+                assert "mkldnn::_linear_pointwise" not in calls
+    packed = engines[True]._packed  # each LoRA layer's frozen base weight and the output head
+    assert packed.packed == len(packed.layers) == len(engines[True]._lora.layers) + 1
+    assert engines[False]._packed is None
+
+
 @pytest.mark.parametrize("rows, length", [(3, 4), (1, 7), (2, 1)])
 def test_grouped_attention_attends_like_transformers_repeated_heads(rows, length):
     """The fold of query groups gives transformers' sdpa result, per row its own mask (ragged lengths)."""

@@ -21,7 +21,8 @@ eval mode, where PEFT's dropout is the identity as well.
 
 A batch whose rows all share one adapter (every prefill, and every step of a single-agent system)
 takes a shorter path: each layer's weight with that adapter merged in, ``W + scaling * B @ A``,
-computed once per adapter after the adapters change, so the step costs what the base model costs.
+computed once per adapter after the adapters change, so the step costs what the base model costs
+(float32 on a CPU: kept only as a packed copy, :mod:`~prost_lightning.agents.packed_linear`).
 The merged copies hold one set of the adapted layers' weights per adapter (SmolLM2-135M: 0.2 GB per
 role in bf16); past ``MERGE_LIMIT_BYTES`` they are not made. In bf16 a merged weight is rounded
 once more than ``base(x) + lora(x)`` is, as PEFT's own ``merge_and_unload`` rounds it.
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .packed_linear import Product, packed_product
 
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 MERGE_LIMIT_BYTES = 4 << 30  # merged copies of the adapted weights beyond this are not made
@@ -56,14 +59,18 @@ class _Stack:
 class GroupedLoRA:
     """The LoRA layers of a PEFT model, ready to run mixed-adapter batches in one pass each."""
 
-    def __init__(self, model, merge: bool = True):
-        """``merge``: run batches whose rows share one adapter on merged weights (within ``MERGE_LIMIT_BYTES``)."""
+    def __init__(self, model, merge: bool = True, pack: bool = True):
+        """``merge``: run batches whose rows share one adapter on merged weights (within ``MERGE_LIMIT_BYTES``);
+        ``pack``: keep those as packed copies where they can be (:mod:`~prost_lightning.agents.packed_linear`)."""
         self.layers = [m for _, m in model.named_modules() if _is_lora_linear(m)]
         self._stacks: dict[int, _Stack] = {}
         self._fingerprint: tuple = ()
+        self._adapters: tuple = ()  # each layer's adapter names, when _weights were listed
+        self._weights: list[torch.Tensor] = []  # every adapter weight, in fingerprint order
         self._routes: dict[tuple, torch.Tensor] = {}
         self.merging = merge and self.merged_bytes() <= MERGE_LIMIT_BYTES
-        self._merged: dict[int, dict[str, torch.Tensor]] = {}  # layer -> adapter -> W + scaling * B @ A
+        self.pack = pack
+        self._merged: dict[int, dict[str, Product]] = {}  # layer -> adapter -> product with W + scaling * B @ A
         self._shared: list[str | None] = [None]  # the adapter every row of the batch has, or None (mixed)
 
     def merged_bytes(self) -> int:
@@ -81,12 +88,17 @@ class GroupedLoRA:
 
     def refresh(self) -> None:
         """Re-stack (and re-merge) the adapter weights if any changed since (training between rollouts)."""
-        fingerprint = tuple((id(p), p._version) for m in self.layers for name in m.lora_A
-                            for p in (m.lora_A[name].weight, m.lora_B[name].weight))
+        adapters = tuple(tuple(m.lora_A) for m in self.layers)
+        if adapters != self._adapters:  # looked up again only when adapters come or go: a step cannot spare it
+            self._adapters = adapters
+            self._weights = [p for m in self.layers for name in m.lora_A
+                             for p in (m.lora_A[name].weight, m.lora_B[name].weight)]
+        fingerprint = tuple((id(p), p.data_ptr(), p._version) for p in self._weights)
         if fingerprint == self._fingerprint:
             return
         self._stacks = {id(m): _stack(m) for m in self.layers}
-        self._merged = {id(m): _merge(m) for m in self.layers} if self.merging else {}
+        self._merged = {id(m): {name: packed_product(weight, self.pack) for name, weight in _merge(m).items()}
+                        for m in self.layers} if self.merging else {}
         self._fingerprint = fingerprint
 
     def route(self, adapters: Sequence[str]) -> None:
@@ -107,7 +119,7 @@ class GroupedLoRA:
         self.refresh()
         for layer in self.layers:
             stack = self._stacks[id(layer)]
-            layer.forward = _grouped_forward(layer.base_layer, stack, self._routes, stack.signature,
+            layer.__dict__["forward"] = _grouped_forward(layer.base_layer, stack, self._routes, stack.signature,
                                              self._merged.get(id(layer), {}), self._shared)
         try:
             yield self
@@ -162,8 +174,8 @@ def _grouped_forward(base_layer, stack: _Stack, routes: dict, signature: tuple, 
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if shared[0] is not None:  # one adapter (or none) for every row
-            weight = merged.get(shared[0])
-            return base_layer(x, *args, **kwargs) if weight is None else F.linear(x, weight, base_layer.bias)
+            product = merged.get(shared[0])
+            return base_layer(x, *args, **kwargs) if product is None else product(x, base_layer.bias)
         result = base_layer(x, *args, **kwargs)
         hidden = F.linear(x.to(lora_a.dtype), lora_a) * routes[signature]
         return (result + F.linear(hidden, lora_b)).to(result.dtype)

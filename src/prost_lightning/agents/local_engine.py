@@ -51,6 +51,7 @@ from .grouped_lora import BASE_ADAPTER, GroupedLoRA
 from .hf_policy import mask_unknown_apis, stop_token_ids
 from .known_apis import TokenPieces
 from .kv_slots import SlotCache
+from .packed_linear import PackedLinears
 from .parsing import code_block_end
 from .policy import Generation, GenerationRequest, StreamingPolicy
 
@@ -117,8 +118,8 @@ class LocalEngine(StreamingPolicy):
     def __init__(self, model, tokenizer, adapters: Mapping[str, str | None], *, do_sample: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, max_batch_size: int = 16,
                  cache_tokens: int = 131_072, num_parameters: int | None = None, seed: int = 0,
-                 draft_tokens: int = 4, step_tokens: int = 32, drafts_from_replies: bool = True,
-                 merged_adapters: bool = True, fold_query_groups: bool = True):
+                 draft_tokens: int = 8, step_tokens: int = 32, drafts_from_replies: bool = True,
+                 merged_adapters: bool = True, fold_query_groups: bool = True, packed_weights: bool = True):
         """
         Args:
             model: a causal LM; a ``peft.PeftModel`` when any role has an adapter.
@@ -132,6 +133,9 @@ class LocalEngine(StreamingPolicy):
             draft_tokens: greedy decoding: up to this many tokens per row guessed by lookup
                 (:mod:`~prost_lightning.agents.drafts`) and checked in the same forward pass (replies
                 unchanged; 1.99x vs 1.71x over plain generate with none, docs/rollouts.md); 0: none.
+                ``step_tokens`` leaves a full batch 2-3 a row; the few rows at the end of a run,
+                whose steps cost about what one token's does, take up to 8 (4 before: the
+                ``hf_draft_tokens_4`` row of ``prost bench --only rollout_engines``).
             step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
                 near free for a few rows, not for a full batch. 32 lets a batch of 9-10 rows draft 2
                 tokens each (16 allowed none): the demo's 9 held-out episodes took 49.1 s instead of
@@ -142,6 +146,9 @@ class LocalEngine(StreamingPolicy):
                 weights (one copy of the adapted weights per role in memory; see grouped_lora).
             fold_query_groups: steps of several tokens per row attend on the cache's key/value heads
                 as they are (gqa_attention); False: transformers' attention, which copies them.
+            packed_weights: float32 on a CPU, frozen and merged weights are packed once for oneDNN
+                (packed_linear): few-row products cost near what one row's does. One more copy of
+                the base weights in memory; False: ``F.linear`` on the weights as they are.
         """
         self.model = model
         self.tokenizer = tokenizer
@@ -166,7 +173,9 @@ class LocalEngine(StreamingPolicy):
         self._base = model.get_base_model() if hasattr(model, "get_base_model") else model
         # transformers 5 renamed the cache argument; older releases only know past_key_values
         self._cache_arg = "cache" if "cache" in inspect.signature(self._base.forward).parameters else "past_key_values"
-        self._lora = GroupedLoRA(model, merge=merged_adapters) if self.mixed and GroupedLoRA.supports(model) else None
+        self._lora = (GroupedLoRA(model, merge=merged_adapters, pack=packed_weights)
+                      if self.mixed and GroupedLoRA.supports(model) else None)
+        self._packed = PackedLinears(self._base) if packed_weights else None
         self._slots = _slot_cache(self._base)
         self._rows: list[_Row] = []  # the running batch, in slot order
         self._waiting: deque[_Row] = deque()
@@ -225,14 +234,15 @@ class LocalEngine(StreamingPolicy):
     # -- one step -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _inference(self):
-        """No gradients, no dropout, every LoRA layer routed per row, grouped-query attention without
-        copies of the cache; the model's own state after."""
+        """No gradients, no dropout, every LoRA layer routed per row, frozen weights packed,
+        grouped-query attention without copies of the cache; the model's own state after."""
         previous = getattr(self.model, "active_adapter", None) if self.mixed else None
         was_training = self.model.training
         if was_training:
             self.model.eval()
         try:
             with torch.no_grad(), (self._lora.installed() if self._lora else contextlib.nullcontext()), \
+                    (self._packed.installed() if self._packed else contextlib.nullcontext()), \
                     (grouped_attention(self._base) if self.fold_query_groups else contextlib.nullcontext()):
                 yield
         finally:

@@ -10,8 +10,10 @@ played on one server pool, one engine after the other:
   ``hf_generate`` is the engine's alone;
 - ``hf_bf16``: the same in bf16 weights and caches, the dtype ``prost demo`` evaluates in on CPUs
   with AVX512-BF16 or AMX (skipped on others, where bf16 is emulated and slow);
-- ``hf_step_tokens_16``: the default engine with the step cap it had before (16 tokens per decode
-  step instead of 32), run last: what the higher cap saves on the same episodes.
+- ``hf_unpacked`` and ``hf_draft_tokens_4``, run last: the default engine with one argument
+  changed, what it saves on the same episodes: weights as they are (``F.linear``) instead of
+  packed once for oneDNN (:mod:`~prost_lightning.agents.packed_linear`); drafts of up to 4 tokens
+  a row instead of 8.
 
 Reported per engine: episodes/min, prompt tokens processed vs served from cache, generated
 tokens/s, TGC, and whether every action of every episode was the one ``hf_generate`` played. Target:
@@ -36,7 +38,7 @@ from prost_lightning.bench.rollouts import world_root
 
 TARGET_SPEEDUP = 4.0
 ENGINES = ("hf_generate", "hf", "hf_bf16")
-VARIANTS = {"hf_step_tokens_16": {"step_tokens": 16}}  # the default engine with one LocalEngine argument changed
+VARIANTS = {"hf_unpacked": {"packed_weights": False}, "hf_draft_tokens_4": {"draft_tokens": 4}}  # the default engine with one LocalEngine argument changed
 SCENARIOS = 3  # the first 3 scenarios of the demo's held-out split: 9 episodes, as measured since the start
 COMPACT_PROMPTS = Path("experiments/prompts/compact")
 
