@@ -4,10 +4,10 @@ A decode step multiplies a few rows (batch rows x drafted tokens) by every weigh
 ``F.linear`` (MKL's GEMM on a CPU) a product of 2-8 rows costs up to twice what one row does, though
 both read each weight once: the GEMM lays the weight out for its kernel on every call. oneDNN can
 lay a weight out once (``mkldnn._reorder_linear_weight``) and then run every product on that copy.
-On the 2-core AVX2 CPU of docs/rollouts.md the products of SmolLM2-135M's 210 decoder weights
-took 30-37 ms for 2-8 rows this way against 57-90 ms through ``F.linear``, and the output head's
-for 3 rows 5 ms against 29 ms (a scratch profile, not a figure of record; the engine's own effect
-is the ``hf_unpacked`` row of ``prost bench --only rollout_engines``).
+On the 2-core AVX2 CPU of docs/rollouts.md a decode pass of SmolLM2-135M through the local engine
+took 59 ms instead of 111 for 1 row x 3 tokens, 103 ms instead of 141 for 9 rows x 3 tokens, and
+the same for a 120-token prefill (a scratch timer, alternating; the figure of record is the
+``hf_unpacked`` row of ``prost bench --only rollout_engines``).
 
     product = packed_product(weight)          # packs a float32 CPU weight once
     y = product(x, bias)                      # = F.linear(x, weight, bias) up to float rounding
@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-PACK_ROWS = 8  # the row count oneDNN lays a weight out for; of 1, 8 and 32, 8 was fastest for 1-64 rows
+PACK_ROWS = 8  # the row count oneDNN lays a weight out for: as fast as its default for 1-27 rows, 1 was slower
 MIN_FEATURES = 32  # narrower weights (LoRA's low-rank factors) are not worth a packed copy
 
 Product = Callable[..., torch.Tensor]  # (x, bias=None) -> x @ weight.T + bias
