@@ -17,15 +17,15 @@ import pytest
 
 from prost_lightning.bench import BENCHMARKS, run
 from prost_lightning.bench.results_markdown import load, render_markdown
+from prost_lightning.bench.rollout_engines import VARIANTS as ENGINE_VARIANTS
 from prost_lightning.errors import ConfigError
 
 # figures that may legitimately be zero or negative (a difference, a share)
 _SIGNED = ("http_overhead_", "max_difference_")  # timing differences (noise), output differences (0 when equal)
 # untrained teams may solve nothing; one short episode may offer no draft; bf16 may round to other replies
-_VARIANTS = ("hf_unpacked", "hf_draft_tokens_4")  # rollout_engines' variants of the default engine
 _MAY_BE_ZERO = ("oracle_success_rate", "hf_tgc", "hf_generate_tgc", "hf_bf16_tgc", "hf_draft_acceptance",
                 "hf_bf16_draft_acceptance", "identical_episodes_hf_bf16",
-                *(name for v in _VARIANTS for name in (f"{v}_tgc", f"{v}_draft_acceptance", f"identical_episodes_{v}")),
+                *(name for v in ENGINE_VARIANTS for name in (f"{v}_tgc", f"{v}_draft_acceptance", f"identical_episodes_{v}")),
                 "team_transformers_attention_same_replies", "single_transformers_attention_same_replies")
 
 
@@ -115,7 +115,7 @@ def test_rollout_engines_quick(tmp_path, mini_world_root):
     figures = result["figures"]
     assert figures["identical_episodes_hf"]["value"] == 1.0  # greedy fp32: both engines play the same actions
     if "hf_bf16" not in result["settings"]["order"]:  # the variants run in the default dtype: fp32 here
-        for variant in _VARIANTS:  # packing and the draft cap change speed, not replies
+        for variant in ENGINE_VARIANTS:  # packing and the draft cap change speed, not replies
             assert figures[f"identical_episodes_{variant}"]["value"] == 1.0
     assert figures["hf_tgc"]["value"] == figures["hf_generate_tgc"]["value"]
     assert figures["hf_cache_share"]["value"] > 0.3

@@ -38,7 +38,8 @@ from prost_lightning.bench.rollouts import world_root
 
 TARGET_SPEEDUP = 4.0
 ENGINES = ("hf_generate", "hf", "hf_bf16")
-VARIANTS = {"hf_unpacked": {"packed_weights": False}, "hf_draft_tokens_4": {"draft_tokens": 4}}  # the default engine with one LocalEngine argument changed
+# the default engine with one LocalEngine argument changed
+VARIANTS = {"hf_unpacked": {"packed_weights": False}, "hf_draft_tokens_4": {"draft_tokens": 4}}
 SCENARIOS = 3  # the first 3 scenarios of the demo's held-out split: 9 episodes, as measured since the start
 COMPACT_PROMPTS = Path("experiments/prompts/compact")
 
