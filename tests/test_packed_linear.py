@@ -71,3 +71,22 @@ def test_only_float32_cpu_weights_wide_enough_are_packed():
     unpacked = packed_product(weight32, pack=False)
     assert "mkldnn::_linear_pointwise" not in _ops(lambda: unpacked(x.float()))
     assert "mkldnn::_linear_pointwise" in _ops(lambda: packed_product(weight32)(x.float()))
+
+
+def test_a_packing_that_fails_half_way_leaves_every_layer_as_it_was(monkeypatch):
+    import prost_lightning.agents.packed_linear as module
+
+    model = _model()
+    made = []
+
+    def failing(weight, pack=True):
+        if made:
+            raise RuntimeError("out of memory")
+        made.append(weight)
+        return packed_product(weight, pack)
+
+    monkeypatch.setattr(module, "packed_product", failing)
+    with pytest.raises(RuntimeError, match="out of memory"), PackedLinears(model).installed():
+        pass
+    assert len(made) == 1  # the first layer was packed and installed before the second failed
+    assert all("forward" not in layer.__dict__ for layer in model)

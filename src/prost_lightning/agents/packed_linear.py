@@ -97,11 +97,11 @@ class PackedLinears:
     @contextlib.contextmanager
     def installed(self):
         """Within the block, packed layers compute on their packed weights (their forward is restored after)."""
-        for layer in self.layers:
-            forward = self._forward(layer)
-            if forward is not None:
-                layer.__dict__["forward"] = forward  # not nn.Module.__setattr__: its checks, every layer, every step
-        try:
+        try:  # a packing that fails half-way leaves no layer on a packed forward (it has no backward)
+            for layer in self.layers:
+                forward = self._forward(layer)
+                if forward is not None:
+                    layer.__dict__["forward"] = forward  # not nn.Module.__setattr__: its checks, every layer, every step
             yield self
         finally:
             for layer in self.layers:
