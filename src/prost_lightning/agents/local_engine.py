@@ -139,7 +139,8 @@ class LocalEngine(StreamingPolicy):
             step_tokens: cap on the tokens one decode step feeds (rows x (1 + drafts)): drafts are
                 near free for a few rows, not for a full batch. 32 lets a batch of 9-10 rows draft 2
                 tokens each (16 allowed none): the demo's 9 held-out episodes took 49.1 s instead of
-                55.9 s on a 2-core AVX2 CPU in fp32 (``prost bench --only rollout_engines``).
+                55.9 s on a 2-core AVX2 CPU in fp32 (``prost bench --only rollout_engines`` at 9e34aec, which ran
+                the 16-token cap as its variant).
             drafts_from_replies: drafts are also looked up in the replies the row's adapter finished
                 before (other episodes of the same role), not only in the row's own context.
             merged_adapters: a step whose rows share one adapter runs on that adapter's merged
