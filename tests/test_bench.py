@@ -119,6 +119,9 @@ def test_rollout_engines_quick(tmp_path, mini_world_root):
             assert figures[f"identical_episodes_{variant}"]["value"] == 1.0
     assert figures["hf_tgc"]["value"] == figures["hf_generate_tgc"]["value"]
     assert figures["hf_cache_share"]["value"] > 0.3
+    # the wall time's split: passes and bookkeeping are parts of it, both measured
+    assert 0 < figures["hf_forward_share"]["value"] and 0 < figures["hf_bookkeeping_share"]["value"]
+    assert figures["hf_forward_share"]["value"] + figures["hf_bookkeeping_share"]["value"] <= 1
     assert figures["hf_prompt_tokens"]["value"] == figures["hf_generate_prompt_tokens"]["value"]
     assert figures["hf_prompt_tokens_processed"]["value"] < 0.7 * figures["hf_prompt_tokens"]["value"]
     assert result["targets"][0]["figure"] in ("speedup_hf_vs_hf_generate", "speedup_hf_bf16_vs_hf_generate")

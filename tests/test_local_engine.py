@@ -100,6 +100,7 @@ def test_rows_admitted_together_share_prefill_passes(tiny_team):
     assert passes == [1, 1, 3]  # the leader; the long prompt; the three within PREFILL_SLACK of each other
     assert fast[0].cached_tokens == 0 and all(g.cached_tokens > 0 for g in fast[1:])
     assert engine.stats.forward_passes == 3 + 5  # three prefills, then one decode pass per further token
+    assert 0 < engine.stats.forward_seconds < engine.stats.seconds  # the passes are a part of the steps' time
 
 
 def test_requests_joining_a_running_batch_get_plain_generate_replies(tiny_team):

@@ -69,7 +69,8 @@ class EngineStats:
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the cache
     generated_tokens: int = 0
     forward_passes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # within step(): the forward passes and the engine's own bookkeeping around them
+    forward_seconds: float = 0.0  # of those, within the model's forward passes
     evicted_entries: int = 0
     draft_tokens: int = 0  # guessed tokens checked in decode steps
     accepted_draft_tokens: int = 0  # of those, the ones the model itself picked (kept)
@@ -83,6 +84,7 @@ class EngineStats:
         return {"calls": self.calls, "prompt_tokens": self.prompt_tokens, "cached_tokens": self.cached_tokens,
                 "cache_share": round(self.cache_share, 4), "generated_tokens": self.generated_tokens,
                 "forward_passes": self.forward_passes, "seconds": round(self.seconds, 3),
+                "forward_seconds": round(self.forward_seconds, 3),
                 "generated_tokens_per_s": round(self.generated_tokens / self.seconds, 2) if self.seconds else None,
                 "evicted_entries": self.evicted_entries, "draft_tokens": self.draft_tokens,
                 "accepted_draft_tokens": self.accepted_draft_tokens, "joined_running_batch": self.joined_running_batch}
@@ -384,7 +386,9 @@ class LocalEngine(StreamingPolicy):
         """Logits of the last ``keep`` positions ([rows, vocab] when ``keep`` is 1, else [rows, keep, vocab])."""
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions,
                   self._cache_arg: self._slots, "use_cache": True, "logits_to_keep": keep}
+        started = time.monotonic()
         logits = self._logits(kwargs, adapters)
+        self.stats.forward_seconds += time.monotonic() - started
         return logits[:, -1] if keep == 1 else logits
 
     def _logits(self, kwargs: dict, adapters: list[str]) -> torch.Tensor:

@@ -122,6 +122,13 @@ def run(ctx: Context) -> dict:
         if engine != "hf_generate":  # plain generate has no cache across calls, no drafts, no streaming
             rec.figure(f"{engine}_cache_share", cached / prompt, "fraction", "prompt tokens served from the prefix cache")
             rec.figure(f"{engine}_forward_passes", stats[engine]["forward_passes"], "passes", "prefills + decode steps")
+            # where the episodes' wall time went: the model's passes, the engine's bookkeeping around
+            # them, and the rest (waiting on env calls with no row to decode, the runner's loop)
+            rec.figure(f"{engine}_forward_share", stats[engine]["forward_seconds"] / seconds[engine], "fraction",
+                       "of the episodes' wall time, within the model's forward passes")
+            rec.figure(f"{engine}_bookkeeping_share",
+                       (stats[engine]["seconds"] - stats[engine]["forward_seconds"]) / seconds[engine], "fraction",
+                       "of the wall time, in the engine's steps outside the forward passes")
             drafted = stats[engine]["draft_tokens"]
             rec.figure(f"{engine}_draft_acceptance", stats[engine]["accepted_draft_tokens"] / drafted if drafted else 0.0,
                        "fraction", f"draft tokens the model kept, of {drafted} checked")
