@@ -18,7 +18,7 @@ played on one server pool, one engine after the other:
 Reported per engine: episodes/min, prompt tokens processed vs served from cache, generated
 tokens/s, TGC, and whether every action of every episode was the one ``hf_generate`` played; for
 the local engines also the shares of the wall time spent within the model's forward passes and
-in the engine's bookkeeping around them (the rest waits on environment calls). Target:
+in the engine's bookkeeping around them (the rest is the runner's: waiting on environment calls, its loop). Target:
 the default CPU path (``hf`` in the demo's dtype) >= 4x the episodes/min of ``hf_generate`` at equal TGC.
 
 The adapters are the untrained team's (zero-initialised LoRA = the base model), as in the demo's
